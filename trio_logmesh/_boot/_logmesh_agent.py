@@ -1,0 +1,298 @@
+"""LogForwardActor and LoggerRuntimeActor inside a Python child (standard library only).
+
+Started by ``sitecustomize`` before the user's code.  The user's main thread runs blocking code
+we do not control, so this is the one place logmesh uses threads; both are daemon threads owned
+by this module and die with the interpreter:
+
+* ``logmesh-forwarder``: one ``selectors`` loop serving ``BOOTSTRAP_LOG_CHANNEL``.  The host's
+  LocalLogSender connects (role host) and sends ``LOG``/``MARK``/``EXIT`` frames; the driver's
+  client connects (role client) and sends control.  Data frames are relayed to the client as raw
+  bytes, in sequence order, never re-encoded.
+* ``logmesh-flusher``: flushes ``sys.stdout``/``sys.stderr`` every ``LOGMESH_FLUSH_INTERVAL``
+  seconds (so block-buffered output shows up promptly) and, for a barrier, flushes Python and C
+  stdio buffers and then tells the host to cut its pipes.  Flushing may block on the user's
+  stream lock, so it never runs on the forwarder loop: the loop must keep relaying, or the host
+  could stop draining the pipe that the user's thread is blocked writing to.
+
+The in-band barrier: ``ForceSyncFlush(v)`` -> flusher empties user-space buffers -> ``FlushPipes(v)``
+to the host -> the host reads both pipes up to what they held at that moment and puts ``MARK(v)``
+behind that data -> relayed here -> client.  The marker travels behind the data, never beside it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib.util
+import os
+import queue
+import selectors
+import socket
+import sys
+import threading
+import time
+
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location(
+    "_logmesh_wire", os.path.join(os.path.dirname(_here), "_wire.py")
+)
+assert _spec is not None and _spec.loader is not None
+w = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(w)
+
+HEARTBEAT_SEC = 1.0
+
+
+def _flush_user_buffers(with_c: bool) -> None:
+    seen = set()
+    for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if s is None or id(s) in seen:
+            continue
+        seen.add(id(s))
+        try:
+            s.flush()
+        except Exception:
+            pass
+    if with_c:
+        try:
+            import ctypes
+
+            ctypes.CDLL(None).fflush(None)
+        except Exception:
+            pass
+
+
+class _Conn:
+    __slots__ = ("sock", "reader", "role")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = w.FrameReader()
+        self.role = 0
+
+
+class Agent:
+    """The forwarder loop; see the module docstring."""
+
+    def __init__(self, path: str, token: bytes, rank: int, flush_interval: float) -> None:
+        self.path = path
+        self.token = token
+        self.rank = rank
+        self.flush_interval = flush_interval
+        self.sel = selectors.DefaultSelector()
+        self.host: _Conn | None = None
+        self.client: _Conn | None = None
+        self.streaming = True
+        self.awaiting_replay = False
+        self.last_forwarded = 0
+        self.pending_resume: int | None = None
+        self.jobs: queue.Queue[tuple[str, int]] = queue.Queue()
+        self.outbox: queue.Queue[bytes] = queue.Queue()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.welcome = w.WELCOME_S.pack(rank, os.getpid(), w.KIND_AGENT) + (
+            socket.gethostname().encode()
+        )
+
+    # -- set-up ------------------------------------------------------------------------
+    def bind(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock.bind(self.path)
+        lsock.listen(8)
+        lsock.setblocking(False)
+        self.sel.register(lsock, selectors.EVENT_READ, "listen")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+
+    # -- the forwarder loop -------------------------------------------------------------
+    def run(self) -> None:
+        next_beat = time.monotonic() + HEARTBEAT_SEC
+        while True:
+            timeout = max(0.0, next_beat - time.monotonic())
+            for key, _ in self.sel.select(timeout):
+                if key.data == "listen":
+                    self._accept(key.fileobj)  # type: ignore[arg-type]
+                elif key.data == "wake":
+                    self._drain_outbox()
+                else:
+                    self._readable(key.data)
+            if time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + HEARTBEAT_SEC
+                if self.client is not None:
+                    self._send(self.client, w.frame(w.HEARTBEAT))
+
+    def _accept(self, lsock: socket.socket) -> None:
+        try:
+            sock, _ = lsock.accept()
+        except OSError:
+            return
+        sock.setblocking(True)
+        conn = _Conn(sock)
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: _Conn) -> None:
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+        if conn is self.host:
+            self.host = None
+        if conn is self.client:
+            self.client = None
+
+    def _send(self, conn: _Conn, data: bytes) -> bool:
+        try:
+            conn.sock.sendall(data)
+            return True
+        except OSError:
+            self._close(conn)
+            return False
+
+    def _readable(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(262144)
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        try:
+            frames = conn.reader.feed(data)
+        except w.FrameError:
+            self._close(conn)
+            return
+        for kind, payload in frames:
+            if conn.sock.fileno() < 0:
+                return
+            if conn.role == 0:
+                self._hello(conn, kind, payload)
+            elif conn.role == w.ROLE_HOST:
+                self._from_host(kind, payload)
+            else:
+                self._from_client(kind, payload)
+
+    def _hello(self, conn: _Conn, kind: int, payload: bytes) -> None:
+        try:
+            role, token, rank, resume = w.HELLO_S.unpack(payload)
+        except Exception:
+            role, token, rank, resume = 0, b"", -1, 0
+        ok = (
+            kind == w.HELLO
+            and role in (w.ROLE_HOST, w.ROLE_CLIENT)
+            and hmac.compare_digest(token, self.token)
+        )
+        if not ok:
+            self._send(conn, w.frame(w.REJECT))
+            self._close(conn)
+            return
+        conn.role = role
+        if role == w.ROLE_HOST:
+            if self.host is not None:
+                self._close(self.host)
+            self.host = conn
+            if self.pending_resume is not None:
+                self._send(conn, w.frame(w.RESUME, w.U64.pack(self.pending_resume)))
+                self.pending_resume = None
+            self._drain_outbox()
+        else:
+            if self.client is not None:
+                self._close(self.client)
+            self.client = conn
+            self.streaming = True
+            self.awaiting_replay = True
+            self.last_forwarded = resume
+            if not self._send(conn, w.frame(w.WELCOME, self.welcome)):
+                return
+            if self.host is not None:
+                self._send(self.host, w.frame(w.RESUME, w.U64.pack(resume)))
+            else:
+                self.pending_resume = resume
+
+    def _from_host(self, kind: int, payload: bytes) -> None:
+        if kind == w.FORCE_SYNC_FLUSH:  # the host's own barrier (files), e.g. at teardown
+            self.jobs.put(("flush", w.I64.unpack(payload)[0]))
+            return
+        if kind == w.REPLAY:
+            self.awaiting_replay = False
+            self.last_forwarded = w.U64.unpack(payload)[0] - 1
+            return
+        if kind not in (w.LOG, w.MARK, w.EXIT):
+            return
+        client = self.client
+        if client is None or self.awaiting_replay:
+            return
+        seq = w.U64.unpack_from(payload)[0]
+        if seq <= self.last_forwarded:
+            return
+        self.last_forwarded = seq
+        if kind == w.LOG and not self.streaming:
+            return
+        self._send(client, w.HEADER.pack(kind, len(payload)) + payload)
+
+    def _from_client(self, kind: int, payload: bytes) -> None:
+        try:
+            if kind == w.SET_MODE:
+                self.streaming = bool(w.U8.unpack(payload)[0])
+            elif kind == w.FORCE_SYNC_FLUSH:
+                self.jobs.put(("flush", w.I64.unpack(payload)[0]))
+            elif kind == w.SET_LEVEL:
+                self.jobs.put(("level", w.I32.unpack(payload)[0]))
+        except Exception:
+            pass  # a malformed control frame is ignored, never fatal
+
+    def _drain_outbox(self) -> None:
+        try:
+            os.read(self.wake_r, 4096)
+        except OSError:
+            pass
+        while self.host is not None:
+            try:
+                data = self.outbox.get_nowait()
+            except queue.Empty:
+                return
+            self._send(self.host, data)
+
+    # -- the flusher thread ---------------------------------------------------------------
+    def flusher(self) -> None:
+        interval = self.flush_interval
+        while True:
+            try:
+                job, arg = self.jobs.get(timeout=interval if interval > 0 else None)
+            except queue.Empty:
+                _flush_user_buffers(with_c=False)
+                continue
+            if job == "flush":
+                _flush_user_buffers(with_c=True)
+                self.outbox.put(w.frame(w.FLUSH_PIPES, w.I64.pack(arg)))
+                os.write(self.wake_w, b"x")
+            elif job == "level":
+                import logging
+
+                logging.getLogger().setLevel(arg)
+
+
+_agent: Agent | None = None
+
+
+def start() -> None:
+    """Serve ``BOOTSTRAP_LOG_CHANNEL`` from two daemon threads (idempotent)."""
+    global _agent
+    if _agent is not None:
+        return
+    path = os.environ["BOOTSTRAP_LOG_CHANNEL"]
+    token = bytes.fromhex(os.environ.pop("LOGMESH_TOKEN"))
+    rank = int(os.environ.get("RANK", "0"))
+    interval = float(os.environ.get("LOGMESH_FLUSH_INTERVAL", "0.02"))
+    level = os.environ.pop("LOGMESH_LEVEL", None)
+    if level:
+        import logging
+
+        logging.getLogger().setLevel(int(level))
+    agent = Agent(path, token, rank, interval)
+    agent.bind()
+    _agent = agent
+    threading.Thread(target=agent.run, name="logmesh-forwarder", daemon=True).start()
+    threading.Thread(target=agent.flusher, name="logmesh-flusher", daemon=True).start()

@@ -1,0 +1,86 @@
+"""What the driver's sinks receive: batches of lines from one rank, and group summaries.
+
+The client turns each ``Log`` frame into one :class:`LogLines` (many lines, one rank, one
+stream) so the hot path allocates one object per chunk, not per line.  The aggregator turns
+repeated kinds of lines into :class:`GroupLine` summaries.  :class:`Notice` carries the
+pipeline's own messages (dropped-line counts, exit codes).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import attrs
+
+Stream = Literal["stdout", "stderr"]
+STREAMS: tuple[Stream, Stream] = ("stdout", "stderr")
+
+
+@attrs.frozen
+class LogLines:
+    """Consecutive lines one rank wrote to one stream, in order.
+
+    ``lines`` hold the decoded text without line terminators.  ``partial`` is true when the
+    last line had no ``\\n`` yet (delivered after an idle time or at a flush barrier); the rest
+    of that line, if it ever comes, arrives as the first line of a later batch.
+    """
+
+    rank: int
+    stream: Stream
+    lines: tuple[str, ...]
+    hostname: str = ""
+    pid: int = 0
+    time: float = 0.0  # wall-clock time (time.time()) the client received the batch
+    partial: bool = False
+
+    def prefix(self) -> str:
+        """The short tag printed in front of each line, e.g. ``[3]``."""
+        return f"[{self.rank}]"
+
+
+@attrs.frozen
+class GroupLine:
+    """One line that stands for ``count`` similar lines from ``ranks`` in one window.
+
+    ``text`` is the template with each variable field shown as its spread
+    (``loss=0.41..0.43``); ``ranks_text`` is the ranks folded as ranges (``0-6,9``).
+    ``first_time``/``last_time`` are the wall-clock span the group really covers.
+    """
+
+    stream: Stream
+    text: str
+    count: int
+    ranks: tuple[int, ...]
+    ranks_text: str
+    first_time: float
+    last_time: float
+
+    def prefix(self) -> str:
+        """The tag printed in front of the group line, e.g. ``[64x ranks 0-63]``."""
+        return f"[{self.count}x ranks {self.ranks_text}]"
+
+
+@attrs.frozen
+class Notice:
+    """A message of the pipeline itself (dropped lines, a rank's exit), tagged by rank."""
+
+    stream: Stream
+    text: str
+    rank: int | None = None
+    time: float = 0.0
+
+    def prefix(self) -> str:
+        """The tag printed in front of the notice."""
+        return "[logmesh]" if self.rank is None else f"[{self.rank}]"
+
+
+Output = Union[LogLines, GroupLine, Notice]
+"""Everything a sink can receive."""
+
+
+def format_output(item: Output) -> str:
+    """Render one output item as plain text (one or more lines, no trailing newline)."""
+    if isinstance(item, LogLines):
+        p = item.prefix() + " "
+        return p + ("\n" + p).join(item.lines)
+    return f"{item.prefix()} {item.text}"

@@ -1,0 +1,165 @@
+"""StreamFwder: reads one child pipe on the host, per chunk, and feeds the file and the outbox.
+
+For every chunk read: the raw bytes go to the FileAppender (and the host's own stdout/stderr
+when mirroring is on), the complete lines go to the rank's outbox as one ``LOG`` frame.  A
+trailing partial line is held until its newline arrives, until ``partial_idle`` seconds pass
+without more bytes, until a barrier needs it, or until EOF -- whichever comes first.
+
+The pipe barrier (``cut``): when asked, the forwarder notes how many bytes the pipe holds right
+now (``FIONREAD``) and reports the cut as reached once it has read past them.  Together with the
+in-child flush that precedes it, that is every byte the child wrote before the barrier.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import termios
+from collections.abc import Callable
+from typing import BinaryIO
+
+import attrs
+import trio
+
+from . import _wire as w
+from ._outbox import RankOutbox
+
+READ_SIZE = 65536
+#: A line longer than this is delivered in pieces (each marked partial) rather than held.
+MAX_PENDING = 1024 * 1024
+
+_INT = struct.Struct("i")
+
+
+def pipe_pending(fd: int) -> int:
+    """Bytes waiting in a pipe (``FIONREAD``); 0 if the pipe is gone."""
+    try:
+        buf = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return _INT.unpack(buf)[0]
+
+
+@attrs.define
+class FileAppender:
+    """Appends one stream's raw bytes to its per-process file, exactly as the child wrote them."""
+
+    path: str
+    _fd: int = -1
+
+    def __attrs_post_init__(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``.  A local file append of one chunk does not block the loop for long;
+        a thread hop per chunk would cost more than it saves."""
+        view = memoryview(data)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+@attrs.define(eq=False)
+class StreamFwder:
+    """Forwards one pipe of one child; see the module docstring."""
+
+    stream_id: int
+    pipe: trio.lowlevel.FdStream
+    outbox: RankOutbox
+    appender: FileAppender | None = None
+    mirror: BinaryIO | None = None
+    partial_idle: float = 0.2
+    offset: int = 0  # bytes read so far
+    lines_sent: int = 0  # complete lines handed to the outbox so far
+    eof: bool = False
+    _pending: bytes = b""
+    _cuts: list[tuple[int, Callable[[], None]]] = attrs.field(factory=list)
+    _fd: int = -1
+
+    def __attrs_post_init__(self) -> None:
+        self._fd = self.pipe.fileno()
+
+    # -- output --------------------------------------------------------------------------
+    def _emit(self, data: bytes, partial: bool) -> None:
+        start = self.lines_sent
+        if not partial:
+            self.lines_sent += data.count(b"\n")
+        stream = self.stream_id
+        flags = w.FLAG_PARTIAL if partial else 0
+
+        def encode(seq: int) -> bytes:
+            head = w.LOG_S.pack(seq, stream, flags, start)
+            return w.HEADER.pack(w.LOG, len(head) + len(data)) + head + data
+
+        self.outbox.append(w.LOG, encode)
+
+    def _emit_pending(self) -> None:
+        if self._pending:
+            self._emit(self._pending, partial=True)
+            self._pending = b""
+
+    def _feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk if self._pending else chunk
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            self._emit(data[:cut] if cut < len(data) else data, partial=False)
+            self._pending = data[cut:]
+        else:
+            self._pending = data
+        if len(self._pending) > MAX_PENDING:
+            self._emit_pending()
+
+    def _check_cuts(self) -> None:
+        if not self._cuts:
+            return
+        reached = [c for c in self._cuts if self.eof or self.offset >= c[0]]
+        if reached:
+            self._emit_pending()
+            self._cuts = [c for c in self._cuts if c not in reached]
+            for _target, done in reached:
+                done()
+
+    # -- control -------------------------------------------------------------------------
+    def cut(self, done: Callable[[], None]) -> None:
+        """Call ``done()`` once every byte now in the pipe was read and handed on (partial line
+        included).  Calls it at once when the pipe holds nothing unread or is at EOF."""
+        self._cuts.append((self.offset + (0 if self.eof else pipe_pending(self._fd)), done))
+        self._check_cuts()
+
+    # -- the task ------------------------------------------------------------------------
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read the pipe until EOF.  Cancelling it stops reading; held bytes are handed on."""
+        task_status.started()
+        try:
+            while True:
+                await self.outbox.wait_room()
+                chunk: bytes | None = None
+                if self._pending:
+                    with trio.move_on_after(self.partial_idle):
+                        chunk = await self.pipe.receive_some(READ_SIZE)
+                    if chunk is None:  # idle: deliver the partial line
+                        self._emit_pending()
+                        continue
+                else:
+                    chunk = await self.pipe.receive_some(READ_SIZE)
+                if not chunk:
+                    break
+                self.offset += len(chunk)
+                if self.appender is not None:
+                    self.appender.write(chunk)
+                if self.mirror is not None:
+                    self.mirror.write(chunk)
+                    self.mirror.flush()
+                self._feed(chunk)
+                self._check_cuts()
+        finally:
+            self.eof = True
+            self._emit_pending()
+            self._check_cuts()
