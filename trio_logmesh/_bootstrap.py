@@ -289,21 +289,19 @@ class _Options:
     agent_timeout: float
 
 
-async def _run_rank(
+async def _spawn(
     mesh: ProcMesh,
     rank: int,
     cmd: list[str],
     env: Mapping[str, str | None] | None,
     python: bool,
     opts: _Options,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    agent_path = os.path.join(mesh._sock_dir, f"rank{rank}.sock")
-    host_path = os.path.join(mesh._sock_dir, f"rank{rank}.host.sock")
+) -> trio.Process:
     child_env = _child_env(
-        env, rank, mesh.size, python, agent_path, mesh._token, mesh.run_dir, opts.flush_interval
+        env, rank, mesh.size, python, _agent_path(mesh, rank), mesh._token, mesh.run_dir,
+        opts.flush_interval,
     )
-    process = await trio.lowlevel.open_process(
+    return await trio.lowlevel.open_process(
         cmd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -311,6 +309,22 @@ async def _run_rank(
         env=child_env,
         start_new_session=True,
     )
+
+
+def _agent_path(mesh: ProcMesh, rank: int) -> str:
+    return os.path.join(mesh._sock_dir, f"rank{rank}.sock")
+
+
+async def _run_rank(
+    mesh: ProcMesh,
+    rank: int,
+    process: trio.Process,
+    python: bool,
+    opts: _Options,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    agent_path = _agent_path(mesh, rank)
+    host_path = os.path.join(mesh._sock_dir, f"rank{rank}.host.sock")
     out_path, err_path = mesh.log_files(rank)
     outbox = RankOutbox(limit_bytes=opts.buffer_bytes, policy=opts.policy)
     appenders = (FileAppender(out_path), FileAppender(err_path))
@@ -432,13 +446,31 @@ async def open_proc_mesh(
                     AGENT_TIMEOUT)
     mesh = ProcMesh(procs, run_dir, socket.gethostname(), secrets.token_bytes(w.TOKEN_SIZE),
                     sock_dir)
+    processes: list[trio.Process] = []
+    try:
+        for rank in range(procs):
+            processes.append(await _spawn(mesh, rank, cmd, env, is_py, opts))
+    except BaseException:
+        for p in processes:
+            _signal_group(p, signal.SIGKILL)
+        with trio.CancelScope(shield=True):
+            for p in processes:
+                await p.wait()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        raise
+    body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
             mesh._nursery = nursery
             try:
-                for rank in range(procs):
-                    await nursery.start(_run_rank, mesh, rank, cmd, env, is_py, opts)
-                yield mesh
+                for rank, process in enumerate(processes):
+                    await nursery.start(_run_rank, mesh, rank, process, is_py, opts)
+                try:
+                    yield mesh
+                except BaseException as exc:
+                    # Re-raised below, outside our nursery, so the caller sees their own
+                    # exception rather than an ExceptionGroup of ours.
+                    body_error = exc
             finally:
                 with trio.CancelScope(shield=True):
                     await _teardown(mesh, grace)
@@ -446,6 +478,8 @@ async def open_proc_mesh(
     finally:
         mesh._nursery = None
         shutil.rmtree(sock_dir, ignore_errors=True)
+    if body_error is not None:
+        raise body_error
 
 
 async def _teardown(mesh: ProcMesh, grace: float) -> None:
@@ -456,6 +490,8 @@ async def _teardown(mesh: ProcMesh, grace: float) -> None:
             await client.flush(timeout=grace)
         except FlushTimeout:
             pass
+    for rp in mesh.ranks:
+        rp.outbox.set_policy("drop")  # from here on nothing may hold the pipes back
     await mesh._flush_files(timeout=grace)
     await mesh._stop_children(grace)
     with trio.move_on_after(grace):

@@ -10,6 +10,7 @@ next, a version acknowledged by every rank means every line before it is at the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -338,40 +339,54 @@ class LoggingMeshClient:
         async with trio.open_nursery() as nursery:
 
             async def writer() -> None:
-                try:
+                # A failed write (the forwarder died) must not cancel the reader: what the
+                # socket already holds is still to be delivered before the reconnect.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     async for data in recv:
                         await fs.send(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    nursery.cancel_scope.cancel()
 
             nursery.start_soon(writer)
             await self._read_link(link, fs)
             nursery.cancel_scope.cancel()
 
     async def _read_link(self, link: _RankLink, fs: FrameStream) -> None:
+        acked = link.last_seq
         while frames := await fs.receive_frames():
             link.last_heard = trio.current_time()
-            for kind, payload in frames:
-                if kind in (w.HEARTBEAT, w.REPLAY):
-                    continue
-                msg = f.decode(kind, payload)
-                seq = getattr(msg, "seq", None)
-                if seq is not None:
-                    if seq <= link.last_seq:
-                        continue  # already delivered before a reconnect
-                    link.last_seq = seq
-                if isinstance(msg, f.Log):
-                    await self._deliver(link, msg)
-                elif isinstance(msg, f.Mark):
-                    self._ack(link.rank, msg.version)
-                elif isinstance(msg, f.Exit):
-                    link.exit_code = msg.code
-                    link.finished = True
-                    if msg.code != 0:
-                        await self._emit([Notice("stderr", _exit_text(link.rank, msg.code),
-                                                 link.rank, trio.current_time())])
-                    self._ack(link.rank, None)
-                    return
+            await self._handle_frames(link, frames)
+            if link.last_seq > acked and link.control is not None:
+                # Confirm what this batch delivered: the host may forget it now (and, with the
+                # "block" policy, read the child's pipes again).
+                acked = link.last_seq
+                link.control.send_nowait(f.encode(f.Ack(acked)))
+            if link.finished:
+                return
+
+    async def _handle_frames(self, link: _RankLink, frames: list[tuple[int, bytes]]) -> None:
+        for kind, payload in frames:
+            if kind in (w.HEARTBEAT, w.REPLAY):
+                continue
+            msg = f.decode(kind, payload)
+            seq = getattr(msg, "seq", None)
+            if seq is not None and seq <= link.last_seq:
+                continue  # already delivered before a reconnect
+            if isinstance(msg, f.Log):
+                await self._deliver(link, msg)
+            elif isinstance(msg, f.Mark):
+                self._ack(link.rank, msg.version)
+            elif isinstance(msg, f.Exit):
+                link.exit_code = msg.code
+                link.finished = True
+                if msg.code != 0:
+                    await self._emit([Notice("stderr", _exit_text(link.rank, msg.code),
+                                             link.rank, trio.current_time())])
+                self._ack(link.rank, None)
+            if seq is not None:
+                # Only once handled: if we are cancelled mid-delivery, a reconnect resumes at
+                # this frame rather than after it.
+                link.last_seq = seq
+            if link.finished:
+                return
 
 
 def _exit_text(rank: int, code: int) -> str:

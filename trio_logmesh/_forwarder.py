@@ -124,6 +124,8 @@ class HostLogForwarder:
                     self.streaming = msg.stream_to_client
                 elif isinstance(msg, f.ForceSyncFlush):
                     self.cut_pipes(msg.version)
+                elif isinstance(msg, f.Ack):
+                    self.outbox.confirm(msg.seq)
                 # SetLevel: there is no Python runtime here to obey it.
 
 

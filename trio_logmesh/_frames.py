@@ -110,13 +110,20 @@ class Resume:
 
 
 @attrs.frozen
+class Ack:
+    """Client to host (through the forwarder): frames up to ``seq`` were delivered."""
+
+    seq: int
+
+
+@attrs.frozen
 class Reject:
     """The forwarder refused the connection (bad token or role)."""
 
 
 Message = Union[
     Hello, Welcome, Log, Mark, Exit, Heartbeat, Replay, SetMode, ForceSyncFlush, SetLevel,
-    FlushPipes, Resume, Reject,
+    FlushPipes, Resume, Ack, Reject,
 ]
 
 
@@ -150,6 +157,8 @@ def encode(msg: Message) -> bytes:
         return w.frame(w.FLUSH_PIPES, w.I64.pack(msg.version))
     if isinstance(msg, Resume):
         return w.frame(w.RESUME, w.U64.pack(msg.after_seq))
+    if isinstance(msg, Ack):
+        return w.frame(w.ACK, w.U64.pack(msg.seq))
     if isinstance(msg, Reject):
         return w.frame(w.REJECT)
     raise TypeError(f"not a logmesh message: {msg!r}")
@@ -188,6 +197,8 @@ def decode(kind: int, payload: bytes) -> Message:
             return FlushPipes(*w.I64.unpack(payload))
         if kind == w.RESUME:
             return Resume(*w.U64.unpack(payload))
+        if kind == w.ACK:
+            return Ack(*w.U64.unpack(payload))
         if kind == w.REJECT:
             return Reject()
     except Exception as exc:  # struct.error and friends: the peer sent garbage

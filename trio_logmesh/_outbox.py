@@ -4,17 +4,20 @@ Both StreamFwders of a rank append their frames here (stdout and stderr interlea
 order they were read).  One consumer at a time -- the LocalLogSender feeding the in-child
 forwarder, or the host-side forwarder feeding a client -- takes them in order from its cursor.
 
-The outbox is also the replay buffer: frames stay after they were sent, up to ``limit_bytes``,
-so that when the in-child forwarder dies with unrelayed frames (the child exited) or a client
-joins late, the new consumer rewinds to the last sequence number the client saw and nothing is
-lost or repeated.  When the consumer is slower than the child and the policy is ``"drop"``,
-the oldest ``LOG`` frames are evicted before they were sent; the receiver sees the gap in line
-numbers and reports it as a count.  Barrier markers and the exit frame are never dropped.
+A frame stays here until the client confirms it was delivered (``Ack``).  So when the in-child
+forwarder dies with frames it never relayed (the child exited), or a client joins late, the
+new consumer rewinds to the last sequence number the client saw and nothing is lost or
+repeated.  When unconfirmed frames exceed ``limit_bytes`` -- the live view is slower than the
+child, or no client is listening -- the policy decides: ``"drop"`` evicts the oldest ``LOG``
+frames (the receiver sees the gap in line numbers and reports it as a count), ``"block"`` makes
+the StreamFwders stop reading the pipes until the client catches up.  Barrier markers and the
+exit frame are never dropped.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 import attrs
@@ -49,52 +52,55 @@ class RankOutbox:
         """The sequence number the next appended frame will get."""
         return self._next_seq
 
-    def unsent_bytes(self) -> int:
-        """Bytes of frames the current consumer has not taken yet (an upper bound)."""
-        if not self._ring:
-            return 0
-        first = self._ring[0][0]
-        if self._send_from <= first:
-            return self._ring_bytes
-        # Frames are roughly uniform in a flood; this estimate only steers back-pressure.
-        unsent = self._next_seq - self._send_from
-        return self._ring_bytes * unsent // max(1, len(self._ring))
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of frames not yet confirmed by a client."""
+        return self._ring_bytes
 
-    def append(self, kind: int, encode: object) -> int:
-        """Add a frame built by ``encode(seq) -> bytes``; return its sequence number."""
+    def append(self, kind: int, encode: Callable[[int], bytes]) -> int:
+        """Add a frame built by ``encode(seq)``; return its sequence number."""
         seq = self._next_seq
         self._next_seq += 1
-        data = encode(seq)  # type: ignore[operator]
+        data = encode(seq)
         self._ring.append((seq, kind, data))
         self._ring_bytes += len(data)
-        while self._ring_bytes > self.limit_bytes and len(self._ring) > 1:
-            old = self._ring.popleft()
-            self._ring_bytes -= len(old[2])
-            if old[1] != w.LOG and old[0] >= self._send_from:
-                # Never lose a barrier marker or the exit frame, even when its data was dropped.
-                self._kept_controls.append(old)
+        if self.policy == "drop":
+            while self._ring_bytes > self.limit_bytes and len(self._ring) > 1:
+                old = self._ring.popleft()
+                self._ring_bytes -= len(old[2])
+                if old[1] != w.LOG:
+                    # Never lose a barrier marker or the exit frame, even when its data was
+                    # dropped: the receiver gets it after the gap.
+                    self._kept_controls.append(old)
         self._changed.set()
         return seq
 
+    def confirm(self, seq: int) -> None:
+        """The client has every frame up to ``seq``: forget them."""
+        ring = self._ring
+        while ring and ring[0][0] <= seq:
+            self._ring_bytes -= len(ring.popleft()[2])
+        if self._kept_controls:
+            self._kept_controls = [c for c in self._kept_controls if c[0] > seq]
+        if self._ring_bytes <= self.limit_bytes:
+            self._room.set()
+
+    def set_policy(self, policy: Policy) -> None:
+        """Change the policy (the mesh switches to ``"drop"`` to drain pipes at teardown)."""
+        self.policy = policy
+        self._room.set()
+
     async def wait_room(self) -> None:
-        """With the ``"block"`` policy, wait while the consumer is too far behind."""
-        while self.policy == "block" and self.consumers and self.unsent_bytes() > (
-            self.limit_bytes // 2
-        ):
+        """With the ``"block"`` policy, wait while more than ``limit_bytes`` are unconfirmed."""
+        while self.policy == "block" and self._ring_bytes > self.limit_bytes:
             self._room = trio.Event()
             await self._room.wait()
 
     def rewind(self, after_seq: int) -> None:
-        """The next consumer batch replays every frame after ``after_seq`` that is still here."""
+        """The next batch replays every frame after ``after_seq`` that is still here."""
         self._send_from = after_seq + 1
         self._replay_from = after_seq + 1
         self._changed.set()
-
-    def skip_all(self) -> None:
-        """Mark everything appended so far as taken (no one is listening)."""
-        self._send_from = self._next_seq
-        self._kept_controls.clear()
-        self._room.set()
 
     def _collect(self) -> bytes:
         parts: list[bytes] = []
@@ -103,17 +109,16 @@ class RankOutbox:
             parts.append(w.frame(w.REPLAY, w.U64.pack(self._replay_from)))
             self._replay_from = None
         start = self._send_from
-        if self._kept_controls:
-            for seq, _kind, data in self._kept_controls:
-                if seq >= start:
-                    parts.append(data)
-                    size += len(data)
-            self._kept_controls.clear()
+        last_seq = start - 1
+        for seq, _kind, data in self._kept_controls:
+            if seq >= start:
+                parts.append(data)
+                size += len(data)
+                last_seq = max(last_seq, seq)
         ring = self._ring
         if ring:
             first = ring[0][0]
             idx = max(0, start - first)
-            last_seq = start - 1
             n = len(ring)
             while idx < n and size < BATCH_BYTES:
                 seq, _kind, data = ring[idx]
@@ -121,9 +126,7 @@ class RankOutbox:
                 size += len(data)
                 last_seq = seq
                 idx += 1
-            self._send_from = max(start, last_seq + 1)
-        if self._send_from >= self._next_seq or self.unsent_bytes() <= self.limit_bytes // 2:
-            self._room.set()
+        self._send_from = max(start, last_seq + 1)
         return b"".join(parts)
 
     async def take(self) -> bytes:

@@ -64,6 +64,8 @@ async def run_local_log_sender(
                             outbox.rewind(w.U64.unpack(payload)[0])
                         elif kind == w.FLUSH_PIPES:
                             cut_pipes(w.I64.unpack(payload)[0])
+                        elif kind == w.ACK:
+                            outbox.confirm(w.U64.unpack(payload)[0])
             except w.FrameError:
                 pass
             nursery.cancel_scope.cancel()

@@ -36,6 +36,7 @@ SET_LEVEL = 10  # client -> forwarder: Python logging level
 FLUSH_PIPES = 11  # forwarder -> host: user-space buffers are flushed; cut the pipes here
 RESUME = 12  # forwarder -> host: replay data frames after this seq
 REJECT = 13  # forwarder -> anyone: bad hello (wrong token/role); the connection closes next
+ACK = 14  # client -> forwarder -> host: every data frame up to this seq was delivered
 
 ROLE_HOST = 1
 ROLE_CLIENT = 2

@@ -240,6 +240,8 @@ class Agent:
                 self.jobs.put(("flush", w.I64.unpack(payload)[0]))
             elif kind == w.SET_LEVEL:
                 self.jobs.put(("level", w.I32.unpack(payload)[0]))
+            elif kind == w.ACK and self.host is not None and len(payload) == 8:
+                self._send(self.host, w.HEADER.pack(kind, 8) + payload)
         except Exception:
             pass  # a malformed control frame is ignored, never fatal
 
