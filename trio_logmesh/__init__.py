@@ -8,7 +8,15 @@ from ._bootstrap import ProcMesh, default_log_root, is_python_command, open_proc
 from ._client import LoggingMeshClient
 from ._errors import FlushTimeout, LogmeshError
 from ._records import GroupLine, LogLines, Notice, Output, format_output
-from ._sinks import CallableSink, ChannelSink, FileSink, Sink, TerminalSink, make_sink
+from ._sinks import (
+    CallableSink,
+    ChannelSink,
+    FileSink,
+    JsonSink,
+    Sink,
+    TerminalSink,
+    make_sink,
+)
 
 __version__ = "0.1.0"
 
@@ -17,6 +25,7 @@ __all__ = [
     "ChannelSink",
     "FileSink",
     "FlushTimeout",
+    "JsonSink",
     "GroupLine",
     "LogLines",
     "LoggingMeshClient",

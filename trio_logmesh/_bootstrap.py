@@ -270,6 +270,8 @@ def _child_env(
     )
     for key in ("LOGMESH_AGENT", "LOGMESH_TOKEN"):
         env.pop(key, None)
+    if not python:
+        env.pop("LOGMESH_LEVEL", None)
     if python:
         env["LOGMESH_AGENT"] = "1"
         env["LOGMESH_TOKEN"] = token.hex()
@@ -403,6 +405,7 @@ async def open_proc_mesh(
     flush_interval: float = 0.02,
     grace: float = 5.0,
     announce: bool = True,
+    log_level: int | str | None = None,
 ) -> AsyncIterator[ProcMesh]:
     """Start ``procs`` copies of ``cmd`` on this host and stream their output.
 
@@ -418,6 +421,9 @@ async def open_proc_mesh(
     ``drop_policy``: when the live view falls behind by more than ``buffer_bytes`` for a rank,
     ``"drop"`` drops the oldest lines of the live view (counted and reported; the files keep
     everything), ``"block"`` stops reading that child's pipes until the view catches up.
+
+    ``log_level`` is the root Python logging level the Python children start with (a
+    client's ``set_mode(level=...)`` changes it later).
 
     Leaving the block flushes clients made by :meth:`ProcMesh.logging_option` and the files,
     then stops the children still running: SIGTERM, then SIGKILL after ``grace`` seconds.
@@ -437,6 +443,11 @@ async def open_proc_mesh(
         if not value > 0:
             raise ValueError(f"{name} must be positive, not {value!r}")
     is_py = is_python_command(cmd[0]) if python is None else python
+    if log_level is not None:
+        from ._client import check_mode
+
+        env = dict(env or {})
+        env["LOGMESH_LEVEL"] = str(check_mode(True, None, log_level))
     sock_dir = tempfile.mkdtemp(prefix="logmesh-")  # 0700: only this user may connect
     run_dir = _make_run_dir(log_dir)
     if announce:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import attrs
 import trio
@@ -88,6 +88,8 @@ class _RankLink:
     finished: bool = False
     exit_code: int | None = None
     last_heard: float = -math.inf
+    #: Streaming was off for this rank: a gap in line numbers is not a drop.
+    resync: bool = False
     control: trio.MemorySendChannel[bytes] | None = None
 
 
@@ -99,9 +101,13 @@ class LoggingMeshClient:
     (or cancel that nursery).
     """
 
-    def __init__(self, mesh: ProcMesh, sink: Sink) -> None:
+    def __init__(self, mesh: ProcMesh, sink: Sink, ranks: Iterable[int] | None = None) -> None:
         self._mesh = mesh
         self._sink = sink
+        self._shown = None if ranks is None else frozenset(ranks)
+        if self._shown is not None and not self._shown <= set(range(mesh.size)):
+            bad = sorted(self._shown - set(range(mesh.size)))
+            raise ValueError(f"ranks {bad} are not in a mesh of {mesh.size}")
         self._links = [_RankLink(r) for r in range(mesh.size)]
         self._barriers: dict[int, _Barrier] = {}
         self._next_version = 1
@@ -117,15 +123,22 @@ class LoggingMeshClient:
     # -- public API ----------------------------------------------------------------------
     @classmethod
     async def spawn(
-        cls, nursery: trio.Nursery, mesh: ProcMesh, *, sink: object = None
+        cls,
+        nursery: trio.Nursery,
+        mesh: ProcMesh,
+        *,
+        sink: object = None,
+        ranks: Iterable[int] | None = None,
     ) -> LoggingMeshClient:
         """Start a client for ``mesh`` whose tasks live in ``nursery``; return it ready to use.
 
         ``sink`` is where output goes: ``None`` for the terminal (each line on the driver's
         stdout or stderr, like the child's), or a file, a callable, a ``trio.MemorySendChannel``
-        or a :class:`~trio_logmesh.Sink`.
+        or a :class:`~trio_logmesh.Sink`.  ``ranks`` shows only those ranks' lines live (the
+        others are not even sent; files keep everything; barriers still cover every rank).
+        Raises ``ValueError`` for ranks outside the mesh and ``TypeError`` for a bad sink.
         """
-        client = cls(mesh, make_sink(sink))
+        client = cls(mesh, make_sink(sink), ranks)
         await nursery.start(client._run)
         return client
 
@@ -147,7 +160,9 @@ class LoggingMeshClient:
         self._level = number
         self._set_window(aggregate_window_sec)
         for link in self._links:
-            self._send_control(link, f.SetMode(stream_to_client))
+            if not self._streams(link.rank):
+                link.resync = True
+            self._send_control(link, f.SetMode(self._streams(link.rank)))
             self._send_control(link, f.SetLevel(number))
 
     async def flush(self, timeout: float | None = None) -> None:
@@ -195,6 +210,9 @@ class LoggingMeshClient:
         return self._links[rank].last_heard
 
     # -- internals -------------------------------------------------------------------------
+    def _streams(self, rank: int) -> bool:
+        return self._stream_to_client and (self._shown is None or rank in self._shown)
+
     def _send_control(self, link: _RankLink, msg: f.Message) -> None:
         if link.control is not None and not link.finished:
             try:
@@ -227,7 +245,9 @@ class LoggingMeshClient:
         stream = STREAMS[msg.stream]
         expected = link.lines[msg.stream]
         items: list[Output] = []
-        if msg.line_start > expected:
+        if link.resync:
+            link.resync = not self._streams(link.rank)
+        elif msg.line_start > expected:
             dropped = msg.line_start - expected
             items.append(Notice(stream, f"[{dropped:,} lines dropped for rank {link.rank}]",
                                 link.rank, trio.current_time()))
@@ -329,7 +349,7 @@ class LoggingMeshClient:
         link.last_heard = trio.current_time()
         send, recv = trio.open_memory_channel[bytes](math.inf)
         # What a new forwarder must know: the mode, the level, the barriers still pending.
-        send.send_nowait(f.encode(f.SetMode(self._stream_to_client)))
+        send.send_nowait(f.encode(f.SetMode(self._streams(link.rank))))
         if self._level is not None:
             send.send_nowait(f.encode(f.SetLevel(self._level)))
         for version, barrier in sorted(self._barriers.items()):

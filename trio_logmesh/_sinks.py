@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TextIO, runtime_checkable
 
@@ -51,11 +53,29 @@ def _colored(item: Output) -> str:
     return f"{_YELLOW}{item.prefix()} {item.text}{_RESET}"
 
 
+def _item_time(item: Output) -> float:
+    if isinstance(item, GroupLine):
+        return item.first_time
+    return item.time
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d} "
+
+
 class TerminalSink:
-    """Prints to the driver's stdout/stderr (matching each line's stream), ``[rank]``-prefixed."""
+    """Prints to the driver's stdout/stderr (matching each line's stream), ``[rank]``-prefixed.
+
+    ``color`` is ``"auto"`` (only on a terminal, never with ``NO_COLOR`` set), ``"always"``
+    or ``"never"``; ``timestamps`` puts the wall-clock time in front of every line.
+    """
 
     def __init__(
-        self, stdout: TextIO | None = None, stderr: TextIO | None = None, color: str = "auto"
+        self,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+        color: str = "auto",
+        timestamps: bool = False,
     ) -> None:
         self.stdout = stdout if stdout is not None else sys.stdout
         self.stderr = stderr if stderr is not None else sys.stderr
@@ -63,6 +83,7 @@ class TerminalSink:
             "stdout": color_enabled(self.stdout, color),
             "stderr": color_enabled(self.stderr, color),
         }
+        self.timestamps = timestamps
 
     async def emit(self, items: Sequence[Output]) -> None:
         """Write the items and flush the streams written to."""
@@ -70,10 +91,52 @@ class TerminalSink:
         for item in items:
             out = self.stderr if item.stream == "stderr" else self.stdout
             text = _colored(item) if self.color[item.stream] else format_output(item)
+            if self.timestamps:
+                stamp = _stamp(_item_time(item))
+                text = stamp + text.replace("\n", "\n" + stamp)
             out.write(text + "\n")
             touched.add(out)
         for out in touched:
             out.flush()
+
+
+class JsonSink:
+    """One JSON object per line on ``file`` (default stdout), for machines.
+
+    Lines: ``time``, ``rank``, ``host``, ``pid``, ``stream``, ``text`` (and ``partial`` when the
+    line had no newline yet).  Groups: ``time``, ``ranks``, ``count``, ``stream``, ``text``,
+    ``group: true``, ``first_time``, ``last_time``.  Notices: ``notice: true``.
+    """
+
+    def __init__(self, file: TextIO | None = None) -> None:
+        self.file = file if file is not None else sys.stdout
+
+    async def emit(self, items: Sequence[Output]) -> None:
+        """Write one JSON object per line and flush."""
+        out = []
+        for item in items:
+            if isinstance(item, LogLines):
+                base = {"time": item.time, "rank": item.rank, "host": item.hostname,
+                        "pid": item.pid, "stream": item.stream}
+                last = len(item.lines) - 1
+                for i, line in enumerate(item.lines):
+                    rec = dict(base, text=line)
+                    if item.partial and i == last:
+                        rec["partial"] = True
+                    out.append(json.dumps(rec))
+            elif isinstance(item, GroupLine):
+                out.append(json.dumps({
+                    "time": item.first_time, "ranks": list(item.ranks), "count": item.count,
+                    "stream": item.stream, "text": item.text, "group": True,
+                    "first_time": item.first_time, "last_time": item.last_time,
+                }))
+            else:
+                out.append(json.dumps({"time": item.time, "rank": item.rank,
+                                       "stream": item.stream, "text": item.text,
+                                       "notice": True}))
+        if out:
+            self.file.write("\n".join(out) + "\n")
+            self.file.flush()
 
 
 class FileSink:
@@ -139,6 +202,6 @@ def make_sink(sink: object = None) -> Sink:
 
 
 __all__ = [
-    "CallableSink", "ChannelSink", "FileSink", "GroupLine", "LogLines", "Notice", "Sink",
+    "CallableSink", "ChannelSink", "FileSink", "GroupLine", "JsonSink", "LogLines", "Notice", "Sink",
     "TerminalSink", "make_sink",
 ]
