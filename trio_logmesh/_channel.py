@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket as _stdsocket
+
 import trio
 
 from . import _frames as f

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Sequence
 
 import attrs
 import trio
-import trio_util
 
 from . import _frames as f
 from . import _wire as w
@@ -320,7 +319,7 @@ class LoggingMeshClient:
         failed_gen = 0
         while not link.finished:
             gen, path = await rp.forwarder.wait_value(  # type: ignore[misc]
-                lambda v: v is not None and v[0] > failed_gen
+                lambda v, seen=failed_gen: v is not None and v[0] > seen
             )
             try:
                 fs = await dial(path)

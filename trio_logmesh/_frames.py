@@ -8,8 +8,6 @@ barrier and for surviving a forwarder's death.
 
 from __future__ import annotations
 
-from typing import Union
-
 import attrs
 
 from . import _wire as w
@@ -121,10 +119,10 @@ class Reject:
     """The forwarder refused the connection (bad token or role)."""
 
 
-Message = Union[
-    Hello, Welcome, Log, Mark, Exit, Heartbeat, Replay, SetMode, ForceSyncFlush, SetLevel,
-    FlushPipes, Resume, Ack, Reject,
-]
+Message = (
+    Hello | Welcome | Log | Mark | Exit | Heartbeat | Replay | SetMode | ForceSyncFlush
+    | SetLevel | FlushPipes | Resume | Ack | Reject
+)
 
 
 def encode(msg: Message) -> bytes:

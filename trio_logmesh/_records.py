@@ -8,7 +8,7 @@ pipeline's own messages (dropped-line counts, exit codes).
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Literal
 
 import attrs
 
@@ -74,7 +74,7 @@ class Notice:
         return "[logmesh]" if self.rank is None else f"[{self.rank}]"
 
 
-Output = Union[LogLines, GroupLine, Notice]
+Output = LogLines | GroupLine | Notice
 """Everything a sink can receive."""
 
 

@@ -182,6 +182,7 @@ class Agent:
         ok = (
             kind == w.HELLO
             and role in (w.ROLE_HOST, w.ROLE_CLIENT)
+            and rank == self.rank
             and hmac.compare_digest(token, self.token)
         )
         if not ok:
