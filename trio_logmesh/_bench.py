@@ -8,6 +8,7 @@ Children are block-buffered: ``PYTHONUNBUFFERED`` is removed from their environm
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -172,6 +173,26 @@ def _fmt(v: float) -> str:
     if abs(v) >= 1000:
         return f"{v:,.0f}"
     return f"{v:.3f}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``logmesh bench`` options to ``parser``."""
+    parser.add_argument("scenario", nargs="?", default="throughput",
+                        choices=("throughput", "aggregate"),
+                        help="which scenario (default throughput)")
+    parser.add_argument("-p", "--procs", type=int, default=4, help="children (default 4)")
+    parser.add_argument("-l", "--lines", type=int, default=250_000,
+                        help="lines per child (default 250000)")
+    parser.add_argument("-r", "--repeat", type=int, default=3,
+                        help="alternating trials of each side (default 3)")
+
+
+def cli(args: argparse.Namespace) -> int:
+    """Run the scenario ``args`` name; print a table; return the exit status."""
+    window = 3.0 if args.scenario == "aggregate" else None
+    result = throughput(args.procs, args.lines, repeat=args.repeat, window=window)
+    print(format_table([result]))
+    return 0
 
 
 def _main(argv: list[str]) -> None:

@@ -111,15 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the program each rank runs")
     bench = sub.add_parser("bench", help="measure the pipeline on this machine",
                            description="Run benchmark scenarios; each compares our pipeline "
-                                       "with a baseline in the same invocation.")
-    bench.add_argument("scenario", nargs="?", default="throughput",
-                       choices=("throughput", "aggregate"),
-                       help="which scenario (default throughput)")
-    bench.add_argument("-p", "--procs", type=int, default=4, help="children (default 4)")
-    bench.add_argument("-l", "--lines", type=int, default=250_000,
-                       help="lines per child (default 250000)")
-    bench.add_argument("-r", "--repeat", type=int, default=3,
-                       help="alternating trials of each side (default 3)")
+                                       "with a baseline in the same invocation and reports "
+                                       "medians and ratios.")
+    from . import _bench
+
+    _bench.add_arguments(bench)
     return parser
 
 
@@ -216,15 +212,10 @@ async def run_command(args: argparse.Namespace) -> int:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    """Run ``logmesh bench``; print a table; return 0."""
+    """Run ``logmesh bench``; return the exit status."""
     from . import _bench
 
-    if args.scenario == "throughput":
-        result = _bench.throughput(args.procs, args.lines, repeat=args.repeat)
-    else:
-        result = _bench.throughput(args.procs, args.lines, repeat=args.repeat, window=3.0)
-    print(_bench.format_table([result]))
-    return 0
+    return _bench.cli(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
