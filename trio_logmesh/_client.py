@@ -24,6 +24,7 @@ from . import _wire as w
 from ._bootstrap import ProcMesh, RankProc
 from ._channel import FrameStream, dial
 from ._errors import FlushTimeout
+from ._lines import clean_line
 from ._records import STREAMS, LogLines, Notice, Output
 from ._sinks import Sink, make_sink
 
@@ -87,6 +88,8 @@ class _RankLink:
     finished: bool = False
     exit_code: int | None = None
     last_heard: float = -math.inf
+    #: Per stream: the last batch ended with a partial line.
+    partial_open: list[bool] = attrs.field(factory=lambda: [False, False])
     #: Streaming was off for this rank: a gap in line numbers is not a drop.
     resync: bool = False
     control: trio.MemorySendChannel[bytes] | None = None
@@ -256,6 +259,16 @@ class LoggingMeshClient:
         else:
             link.lines[msg.stream] = msg.line_start + text.count("\n")
             lines = text[:-1].split("\n")
+        if "\r" in text:  # one check per chunk; per-line work only for the rare \r lines
+            lines = [clean_line(ln) if "\r" in ln else ln for ln in lines]
+        if link.partial_open[msg.stream] and lines and not lines[0]:
+            # The newline that ends a partial line shown earlier: not a line of its own.
+            lines = lines[1:]
+        link.partial_open[msg.stream] = msg.partial
+        if not lines:
+            if items:
+                await self._emit(items)
+            return
         batch = LogLines(link.rank, stream, tuple(lines), link.hostname, link.pid, time.time(),
                          msg.partial)
         agg = self._aggregator

@@ -1,7 +1,8 @@
 """StreamFwder: reads one child pipe on the host, per chunk, and feeds the file and the outbox.
 
 For every chunk read: the raw bytes go to the FileAppender (and the host's own stdout/stderr
-when mirroring is on), the complete lines go to the rank's outbox as one ``LOG`` frame.  A
+when mirroring is on), the complete lines go to the rank's outbox as one ``LOG`` frame (the
+LineSplitter in ``_lines`` cuts them, handles ``\r`` progress bars and over-long lines).  A
 trailing partial line is held until its newline arrives, until ``partial_idle`` seconds pass
 without more bytes, until a barrier needs it, or until EOF -- whichever comes first.
 
@@ -23,11 +24,10 @@ import attrs
 import trio
 
 from . import _wire as w
+from ._lines import LineSplitter
 from ._outbox import RankOutbox
 
 READ_SIZE = 65536
-#: A line longer than this is delivered in pieces (each marked partial) rather than held.
-MAX_PENDING = 1024 * 1024
 
 _INT = struct.Struct("i")
 
@@ -79,7 +79,7 @@ class StreamFwder:
     offset: int = 0  # bytes read so far
     lines_sent: int = 0  # complete lines handed to the outbox so far
     eof: bool = False
-    _pending: bytes = b""
+    splitter: LineSplitter = attrs.field(factory=LineSplitter)
     _cuts: list[tuple[int, Callable[[], None]]] = attrs.field(factory=list)
     _fd: int = -1
 
@@ -101,20 +101,8 @@ class StreamFwder:
         self.outbox.append(w.LOG, encode)
 
     def _emit_pending(self) -> None:
-        if self._pending:
-            self._emit(self._pending, partial=True)
-            self._pending = b""
-
-    def _feed(self, chunk: bytes) -> None:
-        data = self._pending + chunk if self._pending else chunk
-        cut = data.rfind(b"\n") + 1
-        if cut:
-            self._emit(data[:cut] if cut < len(data) else data, partial=False)
-            self._pending = data[cut:]
-        else:
-            self._pending = data
-        if len(self._pending) > MAX_PENDING:
-            self._emit_pending()
+        for data, partial in self.splitter.take_partial():
+            self._emit(data, partial)
 
     def _check_cuts(self) -> None:
         if not self._cuts:
@@ -141,7 +129,7 @@ class StreamFwder:
             while True:
                 await self.outbox.wait_room()
                 chunk: bytes | None = None
-                if self._pending:
+                if self.splitter.pending:
                     with trio.move_on_after(self.partial_idle):
                         chunk = await self.pipe.receive_some(READ_SIZE)
                     if chunk is None:  # idle: deliver the partial line
@@ -157,7 +145,8 @@ class StreamFwder:
                 if self.mirror is not None:
                     self.mirror.write(chunk)
                     self.mirror.flush()
-                self._feed(chunk)
+                for data, partial in self.splitter.feed(chunk, trio.current_time()):
+                    self._emit(data, partial)
                 self._check_cuts()
         finally:
             self.eof = True

@@ -1,0 +1,101 @@
+"""The line splitter: any bytes, any chunking -- the same lines, nothing lost or repeated."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_logmesh._lines import LineSplitter, clean_line, human_size, truncation_marker
+
+
+def run(data: bytes, cuts: list[int], splitter: LineSplitter, idle_every: int = 0):
+    out: list[tuple[bytes, bool]] = []
+    pos = i = 0
+    now = 0.0
+    while pos < len(data):
+        step = cuts[i % len(cuts)]
+        out.extend(splitter.feed(data[pos : pos + step], now))
+        pos += step
+        i += 1
+        now += 0.1
+        if idle_every and i % idle_every == 0:
+            out.extend(splitter.take_partial())
+    out.extend(splitter.take_partial())
+    return out
+
+
+no_cr = st.binary(max_size=2000).map(lambda b: b.replace(b"\r", b"."))
+
+
+@given(no_cr, st.lists(st.integers(1, 300), min_size=1))
+def test_any_chunking_gives_back_every_byte_in_order(data, cuts):
+    out = run(data, cuts, LineSplitter(max_line=10**9))
+    assert b"".join(d for d, _ in out) == data
+    complete = b"".join(d for d, p in out if not p)
+    assert complete.count(b"\n") == data.count(b"\n")
+    assert all(d.endswith(b"\n") for d, p in out if not p)
+    assert all(b"\n" not in d for d, p in out if p)
+
+
+@given(no_cr, st.lists(st.integers(1, 300), min_size=1), st.integers(1, 5))
+def test_partials_taken_at_idle_or_barrier_lose_nothing(data, cuts, idle_every):
+    out = run(data, cuts, LineSplitter(max_line=10**9), idle_every)
+    assert b"".join(d for d, _ in out) == data
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.text(alphabet="ab \r", max_size=40), max_size=30),
+    st.lists(st.integers(1, 50), min_size=1),
+)
+def test_progress_lines_end_in_their_final_state(lines, cuts):
+    data = "".join(ln + "\n" for ln in lines).encode()
+    out = run(data, cuts, LineSplitter(max_line=10**9))
+    complete = b"".join(d for d, p in out if not p).decode()
+    shown = [clean_line(ln) for ln in complete.split("\n")[:-1]]
+    assert shown == [clean_line(ln) for ln in lines]
+    # progress updates in between are states of the line, never text from another line
+    for d, partial in out:
+        if partial:
+            assert b"\n" not in d and b"\r" not in d
+
+
+def test_progress_updates_are_throttled():
+    s = LineSplitter(progress_interval=0.25)
+    out = []
+    for i in range(100):  # a bar redrawn every 10 ms for a second
+        out.extend(s.feed(f"\r{i}%".encode(), i * 0.01))
+    out.extend(s.feed(b"\r100%\n", 1.0))
+    partials = [d for d, p in out if p]
+    assert partials == [b"0%", b"25%", b"50%", b"75%"]
+    final, partial = out[-1]
+    assert not partial and clean_line(final.decode()[:-1]) == "100%"
+    assert len(final) < 20  # only the latest state was kept, not 100 redraws
+
+
+def test_crlf_line_ends():
+    s = LineSplitter()
+    out = s.feed(b"one\r\ntwo\r", 0) + s.feed(b"\nthree\r\n", 1)
+    text = b"".join(d for d, _ in out).decode()
+    assert [clean_line(x) for x in text.split("\n")[:-1]] == ["one", "two", "three"]
+
+
+def test_huge_line_is_cut_with_a_visible_marker_and_bounded_memory():
+    s = LineSplitter(max_line=1000)
+    out = s.feed(b"x" * 600, 0)
+    for _ in range(1000):  # 64 MB more of the same line, in 64 KiB chunks
+        out += s.feed(b"y" * 65536, 0)
+        assert len(s._pending) <= 1000
+    out += s.feed(b"z\nnext\n", 0)
+    assert len(out) == 2
+    line, partial = out[0]
+    assert not partial
+    assert line == b"x" * 600 + b"y" * 400 + truncation_marker(65536 * 1000 - 400 + 1) + b"\n"
+    assert b"[truncated 62.5 MiB]" in line
+    assert out[1] == (b"next\n", False)
+
+
+def test_human_size():
+    assert human_size(10) == "10 B"
+    assert human_size(1536) == "1.5 KiB"
+    assert human_size(67_000_000) == "63.9 MiB"

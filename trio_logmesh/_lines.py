@@ -1,0 +1,126 @@
+"""LineSplitter: turns a pipe's chunks into runs of complete lines, per chunk, with limits.
+
+Pure and clock-free (the caller passes ``now``), so it is tested with any bytes and any
+chunking.  What it guarantees:
+
+* Complete lines come out as one ``bytes`` run per chunk (many lines, each ending in
+  ``\\n``), never one object per line.
+* A partial line is held until its newline, or until the caller asks for it (idle time,
+  barrier, EOF): then it comes out marked partial and the rest of the line, if any, starts
+  the next run.
+* **Progress bars.** While the held partial line contains ``\\r`` (tqdm, pip, custom bars
+  redraw in place), only its latest state is kept: the text after the last ``\\r``.  That state
+  comes out as a partial line at most once per ``progress_interval`` seconds.
+* **Huge lines.** Once ``max_line`` bytes of a line were read without a newline, the line is
+  cut: its first ``max_line`` bytes are kept, the rest is counted and discarded until the
+  newline, and the line comes out as ``head + " … [truncated 63.9 MiB]"``.  Memory stays at
+  ``max_line`` whatever the line's length.  (The per-process files keep every byte.)
+"""
+
+from __future__ import annotations
+
+import attrs
+
+#: Lines longer than this (bytes) are cut in the live view.
+MAX_LINE = 64 * 1024
+PROGRESS_INTERVAL = 0.25
+
+
+def human_size(n: int) -> str:
+    """``1536`` -> ``"1.5 KiB"``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def truncation_marker(dropped: int) -> bytes:
+    """The visible marker appended to a cut line."""
+    return f" … [truncated {human_size(dropped)}]".encode()
+
+
+@attrs.define
+class LineSplitter:
+    """See the module docstring.  ``feed``/``take_partial`` return ``(data, partial)`` runs."""
+
+    max_line: int = MAX_LINE
+    progress_interval: float = PROGRESS_INTERVAL
+    _pending: bytes = b""
+    _dropped: int = 0  # bytes of the current line discarded past max_line
+    _next_progress: float = float("-inf")
+
+    @property
+    def pending(self) -> bool:
+        """Whether a partial line is held."""
+        return bool(self._pending) or self._dropped > 0
+
+    def feed(self, chunk: bytes, now: float) -> list[tuple[bytes, bool]]:
+        """Split a chunk; return the runs to hand on, in order."""
+        out: list[tuple[bytes, bool]] = []
+        if self._dropped:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self._dropped += len(chunk)
+                return out
+            self._dropped += nl
+            out.append((self._cut_line() + b"\n", False))
+            chunk = chunk[nl + 1 :]
+        data = self._pending + chunk if self._pending else chunk
+        cut = data.rfind(b"\n") + 1
+        if cut:
+            out.append((data[:cut] if cut < len(data) else data, False))
+            rest = data[cut:]
+        else:
+            rest = data
+        self._pending = rest
+        if rest:
+            if b"\r" in rest:
+                self._progress(now, out)
+            if len(self._pending) > self.max_line:
+                self._dropped = len(self._pending) - self.max_line
+                self._pending = self._pending[: self.max_line]
+        return out
+
+    def _cut_line(self) -> bytes:
+        line = self._pending + truncation_marker(self._dropped)
+        self._pending = b""
+        self._dropped = 0
+        return line
+
+    def _progress(self, now: float, out: list[tuple[bytes, bool]]) -> None:
+        # Keep only the latest state of a line redrawn with \r: "\r" + that state (so a
+        # later newline still ends the line in its final state).  A trailing \r may be the
+        # first half of a \r\n, so it belongs to the state before it.
+        p = self._pending
+        body = p[:-1] if p.endswith(b"\r") else p
+        last = body.rfind(b"\r")
+        if last < 0:
+            return
+        self._pending = p[last:]
+        state = body[last + 1 :]
+        if state and now >= self._next_progress:
+            self._next_progress = now + self.progress_interval
+            out.append((state, True))
+
+    def take_partial(self) -> list[tuple[bytes, bool]]:
+        """Hand on the held partial line now (idle time, barrier or EOF)."""
+        if self._dropped:
+            # The rest of this over-long line, if it comes, is counted again from zero.
+            return [(self._cut_line(), True)]
+        pending = self._pending
+        self._pending = b""
+        if b"\r" in pending:
+            pending = pending[pending.rfind(b"\r") + 1 :]
+        return [(pending, True)] if pending else []
+
+
+def clean_line(line: str) -> str:
+    """The text a terminal would show for a line with ``\\r`` in it: its last state.
+
+    A ``\\r`` right before the newline (``\\r\\n`` endings) is just removed.
+    """
+    if line.endswith("\r"):
+        line = line[:-1]
+    return line.rpartition("\r")[2]
