@@ -58,3 +58,17 @@ async def wait_for_files(paths: Iterable[os.PathLike | str], timeout: float = 30
             missing = [str(p) for p in paths if not os.path.exists(p)]
             raise AssertionError(f"children did not create {missing}")
         await trio.sleep(0.01)
+
+
+async def wait_stopped(pid: int, timeout: float = 10.0) -> None:
+    """Wait (real time) until ``pid`` is really stopped: SIGSTOP takes effect asynchronously,
+    and a thread of the child may still answer a request in between."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop (state {state})")
+        await trio.sleep(0.005)

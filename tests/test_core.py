@@ -13,7 +13,7 @@ import trio
 
 import trio_logmesh as lm
 
-from .conftest import CHILD_ENV, PY, Collected, wait_for_files
+from .conftest import CHILD_ENV, PY, Collected, wait_for_files, wait_stopped
 
 LINES = 5000
 
@@ -126,7 +126,9 @@ time.sleep(60)
             client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
             await wait_for_files(tmp_path / f"ready-{r}" for r in range(3))
             await client.flush()
+            assert [rp.forwarder.value[0] for rp in mesh.ranks] == [1, 1, 1]  # type: ignore[index]
             os.kill(mesh.pids[2], signal.SIGSTOP)
+            await wait_stopped(mesh.pids[2])
             t0 = time.monotonic()
             with pytest.raises(lm.FlushTimeout) as info:
                 await client.flush(timeout=2)

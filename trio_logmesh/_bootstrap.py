@@ -34,7 +34,7 @@ from ._channel import FrameStream
 from ._forwarder import HostLogForwarder
 from ._outbox import Policy, RankOutbox
 from ._sender import connect_agent, run_local_log_sender
-from ._stream import FileAppender, StreamFwder
+from ._stream import FileAppender, StreamFwder, pipe_pending
 
 if TYPE_CHECKING:
     from ._client import LoggingMeshClient
@@ -45,7 +45,8 @@ _PYTHON_RE = re.compile(r"^(python|pypy)(\d+(\.\d+)*)?(\.exe)?$")
 #: Seconds the host waits for a Python child's forwarder to answer before serving the rank
 #: itself (a child started with ``python -I`` or ``-S`` never runs our ``sitecustomize``).
 AGENT_TIMEOUT = 20.0
-#: Seconds to keep reading a dead child's pipes for a grandchild that still holds them.
+#: Seconds an exited child's pipes may stay open and silent (a descendant holds them) before
+#: the host stops reading them.
 DRAIN_TIMEOUT = 5.0
 
 
@@ -356,9 +357,7 @@ async def _run_rank(
             code = await process.wait()
             rp.returncode.value = code
             rp.exited.set()
-            with trio.move_on_after(DRAIN_TIMEOUT):
-                while not all(f.eof for f in fwds):
-                    await trio.sleep(0.01)
+            await _drain_after_exit(fwds)
             read_scope.cancel()
             while not all(f.eof for f in fwds):
                 await trio.sleep(0)
@@ -368,6 +367,22 @@ async def _run_rank(
     finally:
         for a in appenders:
             a.close()
+
+
+async def _drain_after_exit(fwds: tuple[StreamFwder, StreamFwder]) -> None:
+    """Read the pipes of an exited child to EOF.  Give up only when a descendant keeps them
+    open but silent: nothing read and nothing waiting in them for ``DRAIN_TIMEOUT`` seconds.
+    (Back-pressure from a slow live view can slow draining down; it never cuts it short.)"""
+    last = [f.offset for f in fwds]
+    quiet_since = trio.current_time()
+    while not all(f.eof for f in fwds):
+        await trio.sleep(0.05)
+        now = [f.offset for f in fwds]
+        waiting = any(not f.eof and pipe_pending(f.pipe.fileno()) for f in fwds)
+        if now != last or waiting:
+            last, quiet_since = now, trio.current_time()
+        elif trio.current_time() - quiet_since >= DRAIN_TIMEOUT:
+            return
 
 
 async def _forwarding(mesh: ProcMesh, rp: RankProc, opts: _Options) -> None:

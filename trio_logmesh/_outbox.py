@@ -97,7 +97,12 @@ class RankOutbox:
             await self._room.wait()
 
     def rewind(self, after_seq: int) -> None:
-        """The next batch replays every frame after ``after_seq`` that is still here."""
+        """The next batch replays every frame after ``after_seq`` that is still here.
+
+        A client resuming after ``after_seq`` has every frame up to it: that confirms them
+        (its last ``Ack`` may have died with the forwarder that was to relay it).
+        """
+        self.confirm(after_seq)
         self._send_from = after_seq + 1
         self._replay_from = after_seq + 1
         self._changed.set()

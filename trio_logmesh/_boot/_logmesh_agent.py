@@ -1,14 +1,14 @@
 """LogForwardActor and LoggerRuntimeActor inside a Python child (standard library only).
 
 Started by ``sitecustomize`` before the user's code.  The user's main thread runs blocking code
-we do not control, so this is the one place logmesh uses threads; both are daemon threads owned
-by this module and die with the interpreter:
+we do not control, so this is the one place logmesh uses threads; both are owned by this module
+and end with the interpreter:
 
 * ``logmesh-forwarder``: one ``selectors`` loop serving ``BOOTSTRAP_LOG_CHANNEL``.  The host's
   LocalLogSender connects (role host) and sends ``LOG``/``MARK``/``EXIT`` frames; the driver's
   client connects (role client) and sends control.  Data frames are relayed to the client as raw
   bytes, in sequence order, never re-encoded.
-* ``logmesh-flusher``: flushes ``sys.stdout``/``sys.stderr`` every ``LOGMESH_FLUSH_INTERVAL``
+* ``logmesh-flusher`` (not a daemon; it ends when the main thread does): flushes ``sys.stdout``/``sys.stderr`` every ``LOGMESH_FLUSH_INTERVAL``
   seconds (so block-buffered output shows up promptly) and, for a barrier, flushes Python and C
   stdio buffers and then tells the host to cut its pipes.  Flushing may block on the user's
   stream lock, so it never runs on the forwarder loop: the loop must keep relaying, or the host
@@ -21,6 +21,7 @@ behind that data -> relayed here -> client.  The marker travels behind the data,
 
 from __future__ import annotations
 
+import atexit
 import hmac
 import importlib.util
 import os
@@ -87,6 +88,8 @@ class Agent:
         self.pending_resume: int | None = None
         self.jobs: queue.Queue[tuple[str, int]] = queue.Queue()
         self.outbox: queue.Queue[bytes] = queue.Queue()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         self.welcome = w.WELCOME_S.pack(rank, os.getpid(), w.KIND_AGENT) + (
@@ -107,15 +110,40 @@ class Agent:
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
 
     # -- the forwarder loop -------------------------------------------------------------
+    def stop(self, timeout: float) -> None:
+        """At interpreter exit: close every connection from the loop's own thread and wait for
+        it (at most ``timeout``).  The host then serves the rank itself: whatever the child still
+        writes while it finishes goes there, not to a relay thread that is about to vanish."""
+        self.stopping = True
+        os.write(self.wake_w, b"x")
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _shutdown(self) -> None:
+        for conn in (self.client, self.host):
+            if conn is not None:
+                self._close(conn)
+        for key in list(self.sel.get_map().values()):
+            if key.data == "listen":
+                self.sel.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
     def run(self) -> None:
         next_beat = time.monotonic() + HEARTBEAT_SEC
-        while True:
+        while not self.stopping:
             timeout = max(0.0, next_beat - time.monotonic())
             for key, _ in self.sel.select(timeout):
                 if key.data == "listen":
                     self._accept(key.fileobj)  # type: ignore[arg-type]
                 elif key.data == "wake":
                     self._drain_outbox()
+                    if self.stopping:
+                        self._shutdown()
+                        return
                 else:
                     self._readable(key.data)
             if time.monotonic() >= next_beat:
@@ -138,10 +166,14 @@ class Agent:
         except (KeyError, ValueError):
             pass
         conn.sock.close()
-        if conn is self.host:
-            self.host = None
         if conn is self.client:
             self.client = None
+        if conn is self.host:
+            self.host = None
+            # No data can reach us any more; the host serves this rank itself from now on.
+            # Closing the client makes it reconnect there.
+            if self.client is not None:
+                self._close(self.client)
 
     def _send(self, conn: _Conn, data: bytes) -> bool:
         try:
@@ -261,11 +293,13 @@ class Agent:
     # -- the flusher thread ---------------------------------------------------------------
     def flusher(self) -> None:
         interval = self.flush_interval
-        while True:
+        main = threading.main_thread()
+        while main.is_alive():
             try:
-                job, arg = self.jobs.get(timeout=interval if interval > 0 else None)
+                job, arg = self.jobs.get(timeout=interval if interval > 0 else 0.1)
             except queue.Empty:
-                _flush_user_buffers(with_c=False)
+                if interval > 0:
+                    _flush_user_buffers(with_c=False)
                 continue
             if job == "flush":
                 _flush_user_buffers(with_c=True)
@@ -278,6 +312,14 @@ class Agent:
 
 
 _agent: Agent | None = None
+
+
+def _at_exit(agent: Agent) -> None:
+    # Interpreter exit: daemon threads die before Python's own final flush of sys.stdout.  Flush
+    # now, while the relay still runs (with a full pipe and a "block" policy that flush needs
+    # the relay), then hand the rank to the host before this thread disappears.
+    _flush_user_buffers(with_c=True)
+    agent.stop(timeout=2.0)
 
 
 def start() -> None:
@@ -297,5 +339,10 @@ def start() -> None:
     agent = Agent(path, token, rank, interval)
     agent.bind()
     _agent = agent
-    threading.Thread(target=agent.run, name="logmesh-forwarder", daemon=True).start()
-    threading.Thread(target=agent.flusher, name="logmesh-flusher", daemon=True).start()
+    agent.thread = threading.Thread(target=agent.run, name="logmesh-forwarder", daemon=True)
+    agent.thread.start()
+    atexit.register(_at_exit, agent)
+    # Not a daemon: it may hold sys.stdout's lock while blocked on a full pipe, and a daemon
+    # thread holding that lock when the interpreter flushes stdout at exit aborts the child.
+    # It ends by itself within one interval once the main thread has finished.
+    threading.Thread(target=agent.flusher, name="logmesh-flusher", daemon=False).start()

@@ -1,0 +1,291 @@
+"""Real-world output and faults, with real processes: nothing lost, memory bounded, no hang."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import socket
+import stat
+import time
+
+import pytest
+import trio
+
+import trio_logmesh as lm
+from trio_logmesh import _frames as f
+from trio_logmesh import _wire as w
+
+from .conftest import CHILD_ENV, PY, Collected, wait_for_files, wait_stopped
+
+
+def dropped_counts(sink: Collected) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for text in sink.notices():
+        m = re.fullmatch(r"\[([\d,]+) lines dropped for rank (\d+)\]", text)
+        if m:
+            r = int(m.group(2))
+            counts[r] = counts.get(r, 0) + int(m.group(1).replace(",", ""))
+    return counts
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_tqdm_bar_shows_throttled_states_and_its_final_state(sink, log_dir):
+    pytest.importorskip("tqdm")
+    child = r"""
+import sys, time
+from tqdm import tqdm
+for _ in tqdm(range(60), file=sys.stderr, mininterval=0, ascii=True, desc="work"):
+    time.sleep(0.01)
+print("after the bar")
+"""
+    async with lm.open_proc_mesh([PY, "-c", child], procs=2, env=CHILD_ENV, log_dir=log_dir,
+                                 announce=False) as mesh:
+        await mesh.logging_option(sink=sink)
+        await mesh.wait()
+    for r in range(2):
+        err = sink.lines(rank=r, stream="stderr")
+        assert err[-1].startswith("work: 100%") and "60/60" in err[-1]
+        assert all("\r" not in ln for ln in err)
+        # ~0.6 s of redraws every 10 ms: a handful of throttled states, not 60
+        assert 2 <= len(err) <= 8, err
+        raw = open(mesh.log_files(r)[1], "rb").read()
+        assert raw.count(b"\r") >= 60  # the file keeps every redraw
+        assert sink.lines(rank=r, stream="stdout") == ["after the bar"]
+
+
+async def test_bad_bytes_do_not_break_framing_and_files_keep_them_raw(sink, log_dir):
+    raw = b"ok \xff\xfe bad\nnul\x00byte\n\x1b[31mred\x1b[0m\ncrlf\r\n\xe2\x82\n"
+    child = f"import os; os.write(1, {raw!r})"
+    async with lm.open_proc_mesh([PY, "-c", child], procs=1, env=CHILD_ENV, log_dir=log_dir,
+                                 announce=False) as mesh:
+        await mesh.logging_option(sink=sink)
+        await mesh.wait()
+    assert sink.lines() == [
+        "ok \ufffd\ufffd bad", "nul\x00byte", "\x1b[31mred\x1b[0m", "crlf", "\ufffd",
+    ]
+    assert open(mesh.log_files(0)[0], "rb").read() == raw
+
+
+async def test_huge_line_is_cut_in_the_view_kept_in_the_file_memory_flat(sink, log_dir):
+    mib = 256
+    child = f"""
+import os
+chunk = b"x" * 65536
+for _ in range({mib} * 16):
+    os.write(1, chunk)
+os.write(1, b"\\nafter\\n")
+"""
+    base = rss_mb()
+    peak = base
+    async with lm.open_proc_mesh([PY, "-c", child], procs=1, env=CHILD_ENV, log_dir=log_dir,
+                                 announce=False) as mesh:
+        await mesh.logging_option(sink=sink)
+        with trio.fail_after(120):
+            while mesh.returncodes[0] is None:
+                peak = max(peak, rss_mb())
+                await trio.sleep(0.02)
+    lines = sink.lines()
+    assert lines[-1] == "after"
+    assert lines[0].startswith("x" * 1000) and lines[0].endswith(" … [truncated 255.9 MiB]")
+    assert len(lines[0]) < 70_000
+    assert os.path.getsize(mesh.log_files(0)[0]) == mib * 2**20 + len(b"\nafter\n")
+    assert peak - base < 64, f"driver RSS grew by {peak - base:.0f} MB"
+
+
+FLOOD = r"""
+import os, sys
+r = os.environ["RANK"]
+for i in range(int(sys.argv[1])):
+    print(f"rank {r} line {i}")
+"""
+
+
+class SlowSink(Collected):
+    async def emit(self, items):
+        await trio.sleep(0.02)
+        await super().emit(items)
+
+
+async def test_slow_consumer_drops_are_counted_files_keep_all_flush_returns(log_dir):
+    n = 100_000
+    sink = SlowSink()
+    async with lm.open_proc_mesh(
+        [PY, "-c", FLOOD, str(n)], procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False,
+        buffer_bytes=128 * 1024,
+    ) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            with trio.fail_after(30):
+                assert await mesh.wait() == [0, 0]  # the children were never blocked
+                await client.flush()
+    drops = dropped_counts(sink)
+    for r in range(2):
+        got = sink.lines(rank=r)
+        assert drops.get(r, 0) > 0
+        assert len(got) + drops[r] == n  # every line shown or counted
+        nums = [int(ln.split()[-1]) for ln in got]
+        assert nums == sorted(set(nums))  # in order, none twice
+        assert sum(1 for _ in open(mesh.log_files(r)[0])) == n
+
+
+async def test_block_policy_loses_nothing_with_a_slow_sink(log_dir):
+    n = 30_000
+    sink = SlowSink()
+    async with lm.open_proc_mesh(
+        [PY, "-c", FLOOD, str(n)], procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False,
+        buffer_bytes=64 * 1024, drop_policy="block",
+    ) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            with trio.fail_after(60):
+                await mesh.wait()
+                await client.flush()
+    assert sink.notices() == []
+    for r in range(2):
+        assert sink.lines(rank=r) == [f"rank {r} line {i}" for i in range(n)]
+
+
+async def test_sigkill_mid_line_and_during_a_flush(tmp_path, sink, log_dir):
+    child = r"""
+import os, sys, time
+r = int(os.environ["RANK"])
+for i in range(2000):
+    print(f"rank {r} line {i}")
+sys.stdout.write("no newline yet")
+sys.stdout.flush()
+open(os.path.join(sys.argv[1], f"ready-{r}"), "w").close()
+i = 0
+while r == 1:  # rank 1 keeps printing until it is killed
+    os.write(1, f"more {i}\n".encode()); i += 1; time.sleep(0.001)
+time.sleep(60)
+"""
+    async with lm.open_proc_mesh([PY, "-c", child, str(tmp_path)], procs=2, env=CHILD_ENV,
+                                 log_dir=log_dir, announce=False) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            await wait_for_files(tmp_path / f"ready-{r}" for r in range(2))
+            os.kill(mesh.pids[0], signal.SIGKILL)
+            async with trio.open_nursery() as inner:
+                inner.start_soon(client.flush)
+                await trio.sleep(0.01)
+                os.kill(mesh.pids[1], signal.SIGKILL)
+            with trio.fail_after(20):
+                await client.flush()
+            with trio.fail_after(10):
+                assert await mesh.wait() == [-9, -9]
+                while None in client.exit_codes:
+                    await trio.sleep(0.01)
+            await client.aclose()
+    for r in range(2):
+        file_lines = open(mesh.log_files(r)[0]).read().split("\n")
+        got = sink.lines(rank=r, stream="stdout")
+        # everything the child wrote before it died, in order, once (rank 0 died mid-line)
+        assert got == [ln for ln in file_lines if ln]
+    assert sink.lines(rank=0)[-1] == "no newline yet"
+    assert "rank 0 was killed by SIGKILL" in sink.notices()
+
+
+async def test_forwarder_connection_closed_under_it_then_host_takes_over(tmp_path, sink,
+                                                                         log_dir):
+    child = r"""
+import os, sys, time
+go = os.path.join(sys.argv[1], "go")
+print("before", flush=True)
+while not os.path.exists(go):
+    time.sleep(0.01)
+print("after")
+time.sleep(60)
+"""
+    async with lm.open_proc_mesh([PY, "-c", child, str(tmp_path)], procs=1, env=CHILD_ENV,
+                                 log_dir=log_dir, announce=False) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            rp = mesh.ranks[0]
+            with trio.fail_after(10):
+                while rp.agent is None:
+                    await trio.sleep(0.01)
+                await client.flush()
+            await rp.agent.aclose()  # the host's side of the channel breaks
+            with trio.fail_after(10):
+                while rp.forwarder.value is None or rp.forwarder.value[0] < 2:
+                    await trio.sleep(0.01)
+            (tmp_path / "go").touch()
+            with trio.fail_after(10):
+                while "after" not in sink.lines():
+                    await client.flush()
+            await client.aclose()
+    assert sink.lines() == ["before", "after"]
+
+
+async def test_cancelled_flush_and_leaving_with_a_barrier_pending(tmp_path, log_dir):
+    sink = Collected()
+    child = "import time; print('up', flush=True); time.sleep(60)"
+    t0 = time.monotonic()
+    async with lm.open_proc_mesh([PY, "-c", child], procs=2, env=CHILD_ENV, log_dir=log_dir,
+                                 announce=False, grace=1.0) as mesh:
+        client = await mesh.logging_option(sink=sink)
+        await client.flush()
+        os.kill(mesh.pids[1], signal.SIGSTOP)
+        await wait_stopped(mesh.pids[1])
+        with trio.move_on_after(0.2) as scope:
+            await client.flush()
+        assert scope.cancelled_caught
+        assert client._barriers == {}  # the cancelled barrier left nothing behind
+        mesh._nursery.start_soon(client.flush)  # still pending when we leave  # type: ignore[union-attr]
+        await trio.sleep(0.05)
+    assert time.monotonic() - t0 < 20
+    assert sorted(sink.lines()) == ["up", "up"]
+
+
+async def test_channel_is_private_and_rejects_strangers_and_garbage(tmp_path, sink, log_dir):
+    child = r"""
+import os, sys, time
+print("hello", flush=True)
+open(os.path.join(sys.argv[1], "ready"), "w").close()
+time.sleep(60)
+"""
+    async with lm.open_proc_mesh([PY, "-c", child, str(tmp_path)], procs=1, env=CHILD_ENV,
+                                 log_dir=log_dir, announce=False) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            await wait_for_files([tmp_path / "ready"])
+            await client.flush()
+            path = mesh.ranks[0].agent_path
+            mode = stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode)
+            assert mode == 0o700
+
+            def attempt(payload: bytes) -> bytes:
+                s = socket.socket(socket.AF_UNIX)
+                s.settimeout(5)
+                s.connect(path)
+                s.sendall(payload)
+                got = b""
+                try:
+                    while chunk := s.recv(4096):
+                        got += chunk
+                except OSError:
+                    pass
+                s.close()
+                return got
+
+            wrong = f.encode(f.Hello(w.ROLE_CLIENT, b"0" * 16, 0, 0))
+            assert await trio.to_thread.run_sync(attempt, wrong) == w.frame(w.REJECT)
+            huge = w.HEADER.pack(w.HELLO, 2**31)
+            assert await trio.to_thread.run_sync(attempt, huge) == b""
+            junk = bytes(random.Random(1).randrange(256) for _ in range(5000))
+            await trio.to_thread.run_sync(attempt, junk)
+            # the real client and the forwarder are unharmed
+            with trio.fail_after(10):
+                await client.flush()
+            assert mesh.ranks[0].forwarder.value[0] == 1  # type: ignore[index]
+            await client.aclose()
+    assert sink.lines() == ["hello"]
