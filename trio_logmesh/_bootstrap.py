@@ -525,4 +525,4 @@ async def _teardown(mesh: ProcMesh, grace: float) -> None:
             await rp.drained.wait()
     for client in mesh._clients:
         with trio.move_on_after(grace):
-            await client._wait_done()
+            await client.wait_finished()

@@ -204,6 +204,8 @@ async def run_command(args: argparse.Namespace) -> int:
                 await client.flush(timeout=10)
             except Exception as exc:  # a report, not a reason to lose the exit status
                 sys.stderr.write(f"logmesh: {exc}\n")
+            with trio.move_on_after(5):  # the exit reports, behind the ranks' last lines
+                await client.wait_finished()
             await client.aclose()
             nursery.cancel_scope.cancel()
     for line in summary(mesh, codes):

@@ -21,6 +21,7 @@ import trio
 
 from . import _frames as f
 from . import _wire as w
+from ._aggregate import Aggregator
 from ._bootstrap import ProcMesh, RankProc
 from ._channel import FrameStream, dial
 from ._errors import FlushTimeout
@@ -116,8 +117,10 @@ class LoggingMeshClient:
         self._stream_to_client = True
         self._window: float | None = None
         self._level: int | None = None
-        self._aggregator: object | None = None
+        self._aggregator: Aggregator | None = None
         self._agg_changed = trio.Event()
+        #: Output produced by a mode change (sync), printed before anything that follows it.
+        self._pending_out: list[Output] = []
         self._scope: trio.CancelScope | None = None
         self._done = trio.Event()
         self._out_lock = trio.Lock()
@@ -223,27 +226,32 @@ class LoggingMeshClient:
                 pass
 
     def _set_window(self, window: float | None) -> None:
-        old = self._window
+        now = trio.current_time()
         self._window = window
+        agg = self._aggregator
         if window is None:
-            if self._aggregator is not None:
-                self._pending_drain = True
-            self._agg_changed.set()
-            return
-        if self._aggregator is None:
-            from ._aggregate import Aggregator
-
+            if agg is not None:  # what it holds is printed before any later line
+                self._pending_out.extend(agg.drain(now))
+                self._aggregator = None
+        elif agg is None:
             self._aggregator = Aggregator(window)
-        elif old != window:
-            self._aggregator.set_window_pending = window  # type: ignore[attr-defined]
+        elif agg.window != window:
+            self._pending_out.extend(agg.set_window(window, now))
         self._agg_changed.set()
 
     async def _emit(self, items: Sequence[Output]) -> None:
+        if self._pending_out:
+            items = [*self._pending_out, *items]
+            self._pending_out.clear()
         if items:
             async with self._out_lock:
                 await self._sink.emit(items)
 
     async def _deliver(self, link: _RankLink, msg: f.Log) -> None:
+        if not self._streams(link.rank):
+            # Sent before the forwarder saw our SetMode(False): not for the live view.
+            link.resync = True
+            return
         stream = STREAMS[msg.stream]
         expected = link.lines[msg.stream]
         items: list[Output] = []
@@ -272,9 +280,11 @@ class LoggingMeshClient:
         batch = LogLines(link.rank, stream, tuple(lines), link.hostname, link.pid, time.time(),
                          msg.partial)
         agg = self._aggregator
-        if self._window is not None and agg is not None:
-            items.extend(agg.add(batch, trio.current_time()))  # type: ignore[attr-defined]
-            self._agg_changed.set()
+        if agg is not None:
+            before = agg.next_deadline()
+            items.extend(agg.add(batch, trio.current_time()))
+            if agg.next_deadline() != before:
+                self._agg_changed.set()
         else:
             items.append(batch)
         await self._emit(items)
@@ -288,8 +298,7 @@ class LoggingMeshClient:
 
     async def _drain_aggregator(self) -> None:
         agg = self._aggregator
-        if agg is not None:
-            await self._emit(agg.drain(trio.current_time()))  # type: ignore[attr-defined]
+        await self._emit(agg.drain(trio.current_time()) if agg is not None else [])
 
     async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -307,25 +316,23 @@ class LoggingMeshClient:
                 await self._drain_aggregator()
             self._done.set()
 
-    async def _wait_done(self) -> None:
+    async def wait_finished(self) -> None:
+        """Wait until every rank's output has ended (its exit was reported) and the client's
+        tasks are done; pending aggregated groups are printed first."""
         await self._done.wait()
 
     async def _window_timer(self) -> None:
+        """Prints aggregated summaries when their window closes (and mode-change output)."""
         while True:
+            await self._emit([])
             agg = self._aggregator
-            if getattr(self, "_pending_drain", False):
-                self._pending_drain = False
-                await self._drain_aggregator()
-            pending_window = getattr(agg, "set_window_pending", None)
-            if agg is not None and pending_window is not None:
-                agg.set_window_pending = None  # type: ignore[attr-defined]
-                await self._emit(agg.set_window(pending_window, trio.current_time()))  # type: ignore[attr-defined]
-            deadline = agg.next_deadline() if agg is not None else None  # type: ignore[attr-defined]
+            deadline = agg.next_deadline() if agg is not None else None
             self._agg_changed = trio.Event()
             with trio.move_on_at(math.inf if deadline is None else deadline):
                 await self._agg_changed.wait()
-            if agg is not None and deadline is not None and trio.current_time() >= deadline:
-                await self._emit(agg.expire(trio.current_time()))  # type: ignore[attr-defined]
+            agg = self._aggregator
+            if agg is not None:
+                await self._emit(agg.expire(trio.current_time()))
 
     async def _rank_task(self, rp: RankProc) -> None:
         link = self._links[rp.rank]

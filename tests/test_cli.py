@@ -1,0 +1,188 @@
+"""The ``logmesh`` command, run for real: in a pipe and in a pseudo-terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from trio_logmesh._cli import exit_status, main, parse_ranks
+
+LOGMESH = [sys.executable, "-m", "trio_logmesh"]
+
+
+def run(args: list[str], tmp_path, **kw) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LOGMESH_LOG_DIR=str(tmp_path / "runs"))
+    env.pop("PYTHONUNBUFFERED", None)
+    return subprocess.run(LOGMESH + args, capture_output=True, text=True, env=env, timeout=60,
+                          **kw)
+
+
+def test_parse_ranks_and_exit_status():
+    assert parse_ranks("0,3-5") == [0, 3, 4, 5]
+    assert parse_ranks("2") == [2]
+    for bad in ("", "a", "3-1", "1-"):
+        with pytest.raises(ValueError):
+            parse_ranks(bad)
+    assert exit_status([0, 0]) == 0
+    assert exit_status([0, 3, 1]) == 3
+    assert exit_status([0, -9]) == 137
+
+
+def test_help_reads_like_a_unix_tool(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    for word in ("usage: logmesh run -n N", "--window SEC", "--ranks LIST", "exit status",
+                 "Ctrl-C", "examples:"):
+        assert word in text
+    assert main([]) == 2
+    assert "commands:" in capsys.readouterr().out
+
+
+def test_exit_code_summary_and_run_dir(tmp_path):
+    script = "echo hello from $RANK; echo oops $RANK >&2; exit $RANK"
+    res = run(["run", "-n", "3", "--no-window", "--", "bash", "-c", script], tmp_path)
+    assert res.returncode == 1  # the lowest failing rank's code
+    assert sorted(ln for ln in res.stdout.splitlines()) == [
+        f"[{r}] hello from {r}" for r in range(3)
+    ]
+    assert res.stderr.count("logs in ") == 1
+    assert "logmesh: 2 of 3 rank(s) failed: rank 1 (exit 1), rank 2 (exit 2)" in res.stderr
+    assert "logmesh:   [2] oops 2" in res.stderr
+    run_dir = res.stderr.split("logs in ")[1].split()[0]
+    assert open(os.path.join(run_dir, "rank-2.stdout.log")).read() == "hello from 2\n"
+
+
+def test_json_lines_and_rank_filter(tmp_path):
+    script = "import os; print('value', os.environ['RANK'])"
+    res = run(["run", "-n", "4", "--json", "--no-window", "--ranks", "1,3", "--",
+               sys.executable, "-c", script], tmp_path)
+    assert res.returncode == 0, res.stderr
+    recs = [json.loads(ln) for ln in res.stdout.splitlines()]
+    assert sorted(r["text"] for r in recs) == ["value 1", "value 3"]
+    for rec in recs:
+        assert set(rec) >= {"time", "rank", "host", "pid", "stream", "text"}
+        assert rec["stream"] == "stdout" and rec["pid"] > 0
+
+
+def test_aggregated_json_has_group_fields(tmp_path):
+    script = "import os; [print(f'step {i} loss 0.{i}1') for i in range(5)]"
+    res = run(["run", "-n", "4", "--json", "--window", "30", "--", sys.executable, "-c", script],
+              tmp_path)
+    recs = [json.loads(ln) for ln in res.stdout.splitlines()]
+    groups = [r for r in recs if r.get("group")]
+    assert groups and all({"ranks", "count", "first_time", "last_time"} <= set(g) for g in groups)
+    assert sum(g["count"] for g in groups) + sum(1 for r in recs if not r.get("group")) == 20
+
+
+def test_bad_usage_fails_clearly(tmp_path):
+    res = run(["run", "-n", "2"], tmp_path)
+    assert res.returncode != 0 and "no command given" in res.stderr
+    res = run(["run", "-n", "2", "--ranks", "5", "--", "true"], tmp_path)
+    assert res.returncode != 0 and "--ranks 5" in res.stderr
+    res = run(["run", "-n", "2", "--window", "-1", "--", "true"], tmp_path)
+    assert res.returncode == 2 and "positive" in res.stderr
+
+
+def test_no_colors_in_a_pipe(tmp_path):
+    res = run(["run", "-n", "1", "--no-window", "--", "bash", "-c", "echo hi; echo err >&2"],
+              tmp_path)
+    assert "\x1b[" not in res.stdout + res.stderr
+
+
+class Pty:
+    """``logmesh`` in a pseudo-terminal, as a person at a terminal runs it."""
+
+    def __init__(self, args: list[str], tmp_path, env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ, LOGMESH_LOG_DIR=str(tmp_path / "runs"), TERM="xterm")
+        full_env.pop("PYTHONUNBUFFERED", None)
+        full_env.pop("NO_COLOR", None)
+        full_env.update(env or {})
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: exec at once
+            os.execvpe(LOGMESH[0], LOGMESH + args, full_env)
+        self.out = b""
+
+    def read_until(self, needle: bytes, timeout: float = 30, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while self.out.count(needle) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{needle!r} not seen in {self.out[-2000:]!r}")
+            r, _, _ = select.select([self.fd], [], [], 0.1)
+            if r:
+                try:
+                    self.out += os.read(self.fd, 65536)
+                except OSError:
+                    break
+
+    def wait(self, timeout: float = 30) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                try:
+                    while True:
+                        r, _, _ = select.select([self.fd], [], [], 0.05)
+                        if not r:
+                            break
+                        data = os.read(self.fd, 65536)
+                        if not data:
+                            break
+                        self.out += data
+                except OSError:
+                    pass
+                os.close(self.fd)
+                return os.waitstatus_to_exitcode(status)
+            r, _, _ = select.select([self.fd], [], [], 0.05)
+            if r:
+                try:
+                    self.out += os.read(self.fd, 65536)
+                except OSError:
+                    pass
+        os.kill(self.pid, signal.SIGKILL)
+        raise AssertionError(f"logmesh did not exit; output: {self.out[-2000:]!r}")
+
+
+def test_colors_in_a_terminal_and_not_with_no_color(tmp_path):
+    p = Pty(["run", "-n", "2", "--no-window", "--", "bash", "-c", "echo hi"], tmp_path)
+    assert p.wait() == 0
+    assert b"\x1b[" in p.out and b"hi" in p.out
+    p = Pty(["run", "-n", "2", "--no-window", "--", "bash", "-c", "echo hi"], tmp_path,
+            env={"NO_COLOR": "1"})
+    assert p.wait() == 0
+    assert b"\x1b[" not in p.out and b"hi" in p.out
+
+
+def test_ctrl_c_once_stops_ranks_flushes_and_exits_130(tmp_path):
+    child = ("import time\nprint('ready', flush=True)\n"
+             "try:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+             "    print('rank got SIGINT, saving state'); raise SystemExit(3)\n")
+    p = Pty(["run", "-n", "2", "--no-window", "--", sys.executable, "-c", child], tmp_path)
+    p.read_until(b"ready", count=2)  # both ranks are up
+    time.sleep(0.3)
+    os.write(p.fd, b"\x03")
+    assert p.wait() == 130
+    assert p.out.count(b"rank got SIGINT, saving state") == 2  # their last output arrived
+
+
+def test_ctrl_c_twice_kills_ranks_that_ignore_it(tmp_path):
+    child = ("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+             "print('stubborn', flush=True)\ntime.sleep(60)\n")
+    p = Pty(["run", "-n", "2", "--no-window", "--", sys.executable, "-c", child], tmp_path)
+    p.read_until(b"stubborn")
+    time.sleep(0.5)
+    os.write(p.fd, b"\x03")
+    p.read_until(b"Ctrl-C again to kill")
+    time.sleep(0.3)
+    os.write(p.fd, b"\x03")
+    started = time.monotonic()
+    assert p.wait() == 130
+    assert time.monotonic() - started < 10
