@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -18,11 +19,15 @@ from trio_logmesh._cli import exit_status, main, parse_ranks
 LOGMESH = [sys.executable, "-m", "trio_logmesh"]
 
 
-def run(args: list[str], tmp_path, **kw) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, LOGMESH_LOG_DIR=str(tmp_path / "runs"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(args: list[str], tmp_path, extra_env: dict[str, str] | None = None,
+        cmd: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, LOGMESH_LOG_DIR=str(tmp_path / "runs"), **(extra_env or {}))
     env.pop("PYTHONUNBUFFERED", None)
-    return subprocess.run(LOGMESH + args, capture_output=True, text=True, env=env, timeout=60,
-                          **kw)
+    return subprocess.run((cmd or LOGMESH) + args, capture_output=True, text=True, env=env,
+                          timeout=120, cwd=ROOT)
 
 
 def test_parse_ranks_and_exit_status():
@@ -186,3 +191,22 @@ def test_ctrl_c_twice_kills_ranks_that_ignore_it(tmp_path):
     started = time.monotonic()
     assert p.wait() == 130
     assert time.monotonic() - started < 10
+
+
+def test_quickstart_example_streams_aggregates_and_reports_the_failure(tmp_path):
+    res = run(["run", "-n", "4", "--window", "2", "--", sys.executable, "examples/train_sim.py"],
+              tmp_path, {"TRAIN_SIM_STEPS": "12", "TRAIN_SIM_DELAY": "0.01"})
+    assert res.returncode == 1
+    assert re.search(r"^\[\d+x ranks 0-3\] step \d+\.\.\d+ loss ", res.stdout, re.M), res.stdout
+    assert "[3] RuntimeError: rank 3: simulated failure after training" in res.stderr
+    assert "[3] rank 3 exited with code 1" in res.stderr
+    assert "logmesh: 1 of 4 rank(s) failed: rank 3 (exit 1)" in res.stderr
+
+
+def test_embed_example_runs_as_written(tmp_path):
+    res = run([os.path.join(ROOT, "examples", "embed_in_trio_app.py")], tmp_path,
+              cmd=[sys.executable])
+    assert res.returncode == 0, res.stderr
+    assert "driver: exit codes [0, 0, 0, 0]" in res.stdout
+    assert res.stdout.count("loading data ... done") == 4
+    assert "DEBUG rank" in res.stdout + res.stderr
