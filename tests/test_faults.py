@@ -289,3 +289,35 @@ time.sleep(60)
             assert mesh.ranks[0].forwarder.value[0] == 1  # type: ignore[index]
             await client.aclose()
     assert sink.lines() == ["hello"]
+
+
+async def test_closing_a_client_mid_backlog_does_not_break_the_mesh(log_dir):
+    sink = SlowSink()
+    async with lm.open_proc_mesh([PY, "-c", FLOOD, "50000"], procs=2, env=CHILD_ENV,
+                                 log_dir=log_dir, announce=False) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            await mesh.wait()  # exited: the host-side forwarders are sending the backlog
+            await trio.sleep(0.1)
+            await client.aclose()
+        # a second client still gets served
+        second = Collected()
+        client2 = await mesh.logging_option(sink=second)
+        with trio.fail_after(20):
+            await client2.flush()
+    assert mesh.returncodes == [0, 0]
+
+
+async def test_block_policy_with_streaming_off_never_stalls_the_child(log_dir):
+    sink = Collected()
+    async with lm.open_proc_mesh([PY, "-c", FLOOD, "300000"], procs=2, env=CHILD_ENV,
+                                 log_dir=log_dir, announce=False, drop_policy="block",
+                                 buffer_bytes=256 * 1024) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            client.set_mode(stream_to_client=False)
+            with trio.fail_after(60):
+                assert await mesh.wait() == [0, 0]
+                await client.flush()
+            await client.aclose()
+    assert sum(1 for _ in open(mesh.log_files(1)[0])) == 300_000

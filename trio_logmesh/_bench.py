@@ -439,6 +439,9 @@ def trial_memory(procs: int, seconds: float, sink_delay: float = 0.001,
 
 
 # -- running trials in fresh processes ---------------------------------------------------------
+#: Seconds a trial process may take before the benchmark gives up on it.
+TRIAL_TIMEOUT = 300.0
+
 TRIALS: dict[str, Callable[..., Result]] = {
     "baseline": trial_baseline,
     "ours": trial_ours,
@@ -452,7 +455,10 @@ TRIALS: dict[str, Callable[..., Result]] = {
 def _run_trial(kind: str, **params: Any) -> Result:
     """Run trial ``kind`` with ``params`` in a fresh Python process; return its JSON result."""
     cmd = [sys.executable, "-m", "trio_logmesh._bench", kind, json.dumps(params)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=TRIAL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{kind} trial {params} hung for {TRIAL_TIMEOUT:.0f} s") from None
     if out.returncode != 0:
         raise RuntimeError(f"{kind} trial {params} failed ({out.returncode}):\n"
                            f"{out.stderr[-3000:]}")

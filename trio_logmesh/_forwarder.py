@@ -9,9 +9,10 @@ which sequence number it saw last, and gets everything after it, then the exit f
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import attrs
 import trio
@@ -96,25 +97,33 @@ class HostLogForwarder:
             self.outbox.rewind(hello.resume_after)
             await fs.send_msg(f.Welcome(self.rank, self.pid, w.KIND_HOST, self.hostname))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, fs)
-                nursery.start_soon(self._beat, fs)
-                await self._control(fs)
+                nursery.start_soon(self._pump, fs, nursery.cancel_scope)
+                nursery.start_soon(self._beat, fs, nursery.cancel_scope)
+                with _ends(nursery.cancel_scope):
+                    await self._control(fs)
                 nursery.cancel_scope.cancel()
         finally:
             self.outbox.consumers -= 1
 
-    async def _pump(self, fs: FrameStream) -> None:
-        while True:
-            data = await self.outbox.take()
-            if not self.streaming:
-                data = drop_logs(data)
-            if data:
-                await fs.send(data)
+    async def _pump(self, fs: FrameStream, done: trio.CancelScope) -> None:
+        with _ends(done):
+            while True:
+                data = await self.outbox.take()
+                if not self.streaming:
+                    kept = drop_logs(data)
+                    if len(kept) != len(data):
+                        # Nobody will confirm frames not sent: confirm them here, or the
+                        # "block" policy would stall the child forever.
+                        self.outbox.confirm(_last_seq(data))
+                    data = kept
+                if data:
+                    await fs.send(data)
 
-    async def _beat(self, fs: FrameStream) -> None:
+    async def _beat(self, fs: FrameStream, done: trio.CancelScope) -> None:
         beat = w.frame(w.HEARTBEAT)
-        async for _ in trio_util.periodic(self.heartbeat_sec):
-            await fs.send(beat)
+        with _ends(done):
+            async for _ in trio_util.periodic(self.heartbeat_sec):
+                await fs.send(beat)
 
     async def _control(self, fs: FrameStream) -> None:
         while frames := await fs.receive_frames():
@@ -127,6 +136,26 @@ class HostLogForwarder:
                 elif isinstance(msg, f.Ack):
                     self.outbox.confirm(msg.seq)
                 # SetLevel: there is no Python runtime here to obey it.
+
+
+@contextlib.contextmanager
+def _ends(scope: trio.CancelScope) -> Iterator[None]:
+    """A broken connection ends the whole client session quietly (not as an error group)."""
+    try:
+        yield
+    except (trio.BrokenResourceError, trio.ClosedResourceError, w.FrameError):
+        scope.cancel()
+
+
+def _last_seq(data: bytes) -> int:
+    """The sequence number of the last data frame in a run of encoded frames."""
+    pos, last = 0, 0
+    while pos < len(data):
+        kind, length = w.HEADER.unpack_from(data, pos)
+        if kind in (w.LOG, w.MARK, w.EXIT):
+            last = w.U64.unpack_from(data, pos + w.HEADER_SIZE)[0]
+        pos += w.HEADER_SIZE + length
+    return last
 
 
 def _parse_client_hello(first: tuple[int, bytes] | None, token: bytes) -> f.Hello | None:

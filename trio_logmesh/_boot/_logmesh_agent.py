@@ -22,7 +22,6 @@ behind that data -> relayed here -> client.  The marker travels behind the data,
 from __future__ import annotations
 
 import atexit
-import hmac
 import importlib.util
 import os
 import queue
@@ -42,6 +41,11 @@ _spec.loader.exec_module(w)
 
 HEARTBEAT_SEC = 1.0
 
+try:  # hmac.compare_digest without importing hashlib/OpenSSL into every child at start-up
+    from _operator import _compare_digest as compare_digest
+except ImportError:  # pragma: no cover
+    from hmac import compare_digest
+
 
 def _flush_user_buffers(with_c: bool) -> None:
     seen = set()
@@ -55,11 +59,21 @@ def _flush_user_buffers(with_c: bool) -> None:
             pass
     if with_c:
         try:
-            import ctypes
-
-            ctypes.CDLL(None).fflush(None)
+            _c_fflush()(None)
         except Exception:
             pass
+
+
+_fflush = None
+
+
+def _c_fflush():  # type: ignore[no-untyped-def]
+    global _fflush
+    if _fflush is None:
+        import ctypes  # only once a barrier needs it: ctypes costs start-up time
+
+        _fflush = ctypes.CDLL(None).fflush
+    return _fflush
 
 
 class _Conn:
@@ -89,6 +103,7 @@ class Agent:
         self.jobs: queue.Queue[tuple[str, int]] = queue.Queue()
         self.outbox: queue.Queue[bytes] = queue.Queue()
         self.stopping = False
+        self.unrelayed = 0
         self.thread: threading.Thread | None = None
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -205,6 +220,9 @@ class Agent:
                 self._from_host(kind, payload)
             else:
                 self._from_client(kind, payload)
+        if self.unrelayed and self.host is not None:
+            self._send(self.host, w.frame(w.ACK, w.U64.pack(self.unrelayed)))
+            self.unrelayed = 0
 
     def _hello(self, conn: _Conn, kind: int, payload: bytes) -> None:
         try:
@@ -215,7 +233,7 @@ class Agent:
             kind == w.HELLO
             and role in (w.ROLE_HOST, w.ROLE_CLIENT)
             and rank == self.rank
-            and hmac.compare_digest(token, self.token)
+            and compare_digest(token, self.token)
         )
         if not ok:
             self._send(conn, w.frame(w.REJECT))
@@ -262,6 +280,9 @@ class Agent:
             return
         self.last_forwarded = seq
         if kind == w.LOG and not self.streaming:
+            # Not relayed, so the client will never confirm it: confirm it ourselves, or the
+            # host's "block" policy would stall the child.
+            self.unrelayed = seq
             return
         self._send(client, w.HEADER.pack(kind, len(payload)) + payload)
 
@@ -318,7 +339,7 @@ def _at_exit(agent: Agent) -> None:
     # Interpreter exit: daemon threads die before Python's own final flush of sys.stdout.  Flush
     # now, while the relay still runs (with a full pipe and a "block" policy that flush needs
     # the relay), then hand the rank to the host before this thread disappears.
-    _flush_user_buffers(with_c=True)
+    _flush_user_buffers(with_c=False)  # C stdio is flushed by exit() itself, after us
     agent.stop(timeout=2.0)
 
 
