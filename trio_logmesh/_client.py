@@ -393,7 +393,10 @@ class LoggingMeshClient:
         while frames := await fs.receive_frames():
             link.last_heard = trio.current_time()
             await self._handle_frames(link, frames)
-            if link.last_seq > acked and link.control is not None:
+            # Confirm data, not control: a batch of only barrier markers is a few bytes on the
+            # host, and an Ack per flush per rank would be two more socket operations each.
+            has_data = any(kind == w.LOG for kind, _ in frames)
+            if has_data and link.last_seq > acked and link.control is not None:
                 # Confirm what this batch delivered: the host may forget it now (and, with the
                 # "block" policy, read the child's pipes again).
                 acked = link.last_seq

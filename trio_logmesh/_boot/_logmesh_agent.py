@@ -22,9 +22,11 @@ behind that data -> relayed here -> client.  The marker travels behind the data,
 from __future__ import annotations
 
 import atexit
+import collections
 import importlib.util
 import os
 import queue
+import select
 import selectors
 import socket
 import sys
@@ -48,15 +50,17 @@ except ImportError:  # pragma: no cover
 
 
 def _flush_user_buffers(with_c: bool) -> None:
-    seen = set()
-    for s in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-        if s is None or id(s) in seen:
-            continue
-        seen.add(id(s))
-        try:
-            s.flush()
-        except Exception:
-            pass
+    out, err = sys.stdout, sys.stderr
+    streams = [out, err]
+    for orig in (sys.__stdout__, sys.__stderr__):  # the user may have replaced sys.stdout
+        if orig is not out and orig is not err:
+            streams.append(orig)
+    for stream in streams:
+        if stream is not None:
+            try:
+                stream.flush()
+            except Exception:
+                pass
     if with_c:
         try:
             _c_fflush()(None)
@@ -100,7 +104,10 @@ class Agent:
         self.awaiting_replay = False
         self.last_forwarded = 0
         self.pending_resume: int | None = None
-        self.jobs: queue.Queue[tuple[str, int]] = queue.Queue()
+        # Jobs for the flusher: a deque plus a pipe to wake it.  Its idle wait is one select()
+        # with a timeout, the cheapest way to poll 50 times a second in a user's process.
+        self.jobs: collections.deque[tuple[str, int]] = collections.deque()
+        self.job_r, self.job_w = os.pipe()
         self.outbox: queue.Queue[bytes] = queue.Queue()
         self.stopping = False
         self.unrelayed = 0
@@ -264,7 +271,7 @@ class Agent:
 
     def _from_host(self, kind: int, payload: bytes) -> None:
         if kind == w.FORCE_SYNC_FLUSH:  # the host's own barrier (files), e.g. at teardown
-            self.jobs.put(("flush", w.I64.unpack(payload)[0]))
+            self._job("flush", w.I64.unpack(payload)[0])
             return
         if kind == w.REPLAY:
             self.awaiting_replay = False
@@ -291,9 +298,9 @@ class Agent:
             if kind == w.SET_MODE:
                 self.streaming = bool(w.U8.unpack(payload)[0])
             elif kind == w.FORCE_SYNC_FLUSH:
-                self.jobs.put(("flush", w.I64.unpack(payload)[0]))
+                self._job("flush", w.I64.unpack(payload)[0])
             elif kind == w.SET_LEVEL:
-                self.jobs.put(("level", w.I32.unpack(payload)[0]))
+                self._job("level", w.I32.unpack(payload)[0])
             elif kind == w.ACK and self.host is not None and len(payload) == 8:
                 self._send(self.host, w.HEADER.pack(kind, 8) + payload)
         except Exception:
@@ -312,24 +319,31 @@ class Agent:
             self._send(self.host, data)
 
     # -- the flusher thread ---------------------------------------------------------------
+    def _job(self, job: str, arg: int) -> None:
+        self.jobs.append((job, arg))
+        os.write(self.job_w, b"j")
+
     def flusher(self) -> None:
         interval = self.flush_interval
+        timeout = interval if interval > 0 else 0.1
         main = threading.main_thread()
+        job_r = self.job_r
         while main.is_alive():
-            try:
-                job, arg = self.jobs.get(timeout=interval if interval > 0 else 0.1)
-            except queue.Empty:
+            if not select.select((job_r,), (), (), timeout)[0]:
                 if interval > 0:
                     _flush_user_buffers(with_c=False)
                 continue
-            if job == "flush":
-                _flush_user_buffers(with_c=True)
-                self.outbox.put(w.frame(w.FLUSH_PIPES, w.I64.pack(arg)))
-                os.write(self.wake_w, b"x")
-            elif job == "level":
-                import logging
+            os.read(job_r, 4096)
+            while self.jobs:
+                job, arg = self.jobs.popleft()
+                if job == "flush":
+                    _flush_user_buffers(with_c=True)
+                    self.outbox.put(w.frame(w.FLUSH_PIPES, w.I64.pack(arg)))
+                    os.write(self.wake_w, b"x")
+                elif job == "level":
+                    import logging
 
-                logging.getLogger().setLevel(arg)
+                    logging.getLogger().setLevel(arg)
 
 
 _agent: Agent | None = None
