@@ -23,23 +23,23 @@ from __future__ import annotations
 
 import atexit
 import collections
-import importlib.util
 import os
-import queue
 import select
 import selectors
 import socket
 import sys
 import threading
 import time
+import types
 
 _here = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location(
-    "_logmesh_wire", os.path.join(os.path.dirname(_here), "_wire.py")
-)
-assert _spec is not None and _spec.loader is not None
-w = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(w)
+# Load the frame layout by path, without importing the trio_logmesh package (which imports
+# trio) and without importlib.util (whose imports cost every child milliseconds at start-up).
+_wire_path = os.path.join(os.path.dirname(_here), "_wire.py")
+w = types.ModuleType("_logmesh_wire")
+w.__file__ = _wire_path
+with open(_wire_path, "rb") as _fh:
+    exec(compile(_fh.read(), _wire_path, "exec"), w.__dict__)
 
 HEARTBEAT_SEC = 1.0
 
@@ -108,7 +108,7 @@ class Agent:
         # with a timeout, the cheapest way to poll 50 times a second in a user's process.
         self.jobs: collections.deque[tuple[str, int]] = collections.deque()
         self.job_r, self.job_w = os.pipe()
-        self.outbox: queue.Queue[bytes] = queue.Queue()
+        self.outbox: collections.deque[bytes] = collections.deque()  # flusher -> loop
         self.stopping = False
         self.unrelayed = 0
         self.thread: threading.Thread | None = None
@@ -313,8 +313,8 @@ class Agent:
             pass
         while self.host is not None:
             try:
-                data = self.outbox.get_nowait()
-            except queue.Empty:
+                data = self.outbox.popleft()
+            except IndexError:
                 return
             self._send(self.host, data)
 
@@ -338,7 +338,7 @@ class Agent:
                 job, arg = self.jobs.popleft()
                 if job == "flush":
                     _flush_user_buffers(with_c=True)
-                    self.outbox.put(w.frame(w.FLUSH_PIPES, w.I64.pack(arg)))
+                    self.outbox.append(w.frame(w.FLUSH_PIPES, w.I64.pack(arg)))
                     os.write(self.wake_w, b"x")
                 elif job == "level":
                     import logging
