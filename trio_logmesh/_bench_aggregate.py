@@ -3,7 +3,8 @@
 ``python -m trio_logmesh._bench_aggregate`` prints a small table.  :func:`run` builds realistic
 output of a training job (64 ranks printing step/loss lines, with throughput lines, NCCL lines,
 ``Loading shard`` lines and Python warnings on stderr mixed in) as :class:`LogLines` batches,
-then times on one core, alternating three repetitions and keeping the medians:
+then times on one core (process CPU time, pinned with ``sched_setaffinity`` where available),
+alternating three repetitions and keeping the medians:
 
 * ``nowindow``: :func:`format_output` of every batch into an ``io.StringIO`` (the path without
   aggregation);
@@ -192,10 +193,11 @@ def make_batches(
 
 
 def _timed(fn: Callable[[], object]) -> float:
+    # CPU time of this process: on a shared machine, time spent descheduled is not ours.
     gc.collect()
-    start = time.perf_counter()
+    start = time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def _write(out: io.StringIO, items: Iterable[Output]) -> None:
