@@ -870,3 +870,18 @@ def _dp_levenshtein(a: str, b: str) -> int:
 @given(st.text("abc0 ", max_size=30), st.text("abcd1 ", max_size=30))
 def test_bit_parallel_levenshtein_matches_the_textbook_one(a: str, b: str) -> None:
     assert levenshtein(a, b) == _dp_levenshtein(a, b)
+
+
+def test_progress_bars_of_all_ranks_are_one_kind_showing_the_latest_state():
+    agg = Aggregator(3.0)
+    states = [(0, " 10%|█         | 3/30"), (1, " 20%|██        | 6/30"),
+              (2, " 57%|█████▋    | 17/30"), (3, "100%|##########| 30/30")]
+    out = []
+    for i, (rank, bar) in enumerate(states):
+        out += agg.add(LogLines(rank, "stderr", (f"epoch 0 rank {rank}:{bar}",), time=i / 2),
+                       i / 2)
+    out += agg.expire(10.0)
+    assert [type(o).__name__ for o in out] == ["LogLines", "GroupLine"]
+    group = out[1]
+    assert group.count == 3 and group.ranks_text == "1-3"
+    assert group.text == "epoch 0 rank 1..3:100%|##########| 6..30/30"

@@ -21,6 +21,9 @@ field      what matches                                                 examples
 ``hex``    a digit, ``x``/``X``, hex digits (``0x7f3a``; also reads      ``0x7f3a``, ``3x3``
            ``3x3`` this way); a word of >= 8 hex digits holding at
            least one digit and one letter a-f                           ``e3b0c44298fc``
+``bar``    a progress bar: a padded percentage, then ``|`` block glyphs    `` 25%|██▌       |``
+           (U+2588..U+258F), ``#``, digits or spaces ``|`` (tqdm, ascii
+           or not); its spread is its latest state
 ``num``    any run of digits, with optional ``.digits`` fraction and     ``12``, ``0.5321``,
            exponent, and a ``-`` sign when not preceded by a word        ``3e-4``, ``-1.5``
            character or ``.``                                           ``rank3`` -> ``rank<num>``
@@ -28,7 +31,7 @@ field      what matches                                                 examples
 
 Every digit belongs to some field (a digit inside a word is a ``num``: ``rank3``, ``I1123``,
 ``conv2d``), so the literal text of a template never holds a digit.  In the template each field
-reads ``<uuid>``, ``<time>``, ``<hex>`` or ``<num>``: ``template_of("step 12 loss 0.5321")`` is
+reads ``<uuid>``, ``<time>``, ``<hex>``, ``<bar>`` or ``<num>``: ``template_of("step 12 loss 0.5321")`` is
 ``"step <num> loss <num>"``.
 
 Templates are computed on the line's *shape*: the line with every digit replaced by ``0``.  The
@@ -128,6 +131,7 @@ _MASK: Final = re.compile(
         |\b\d{1,2}:\d\d:\d\d(?:[.,]\d+)?)
     |(?P<hex>\b\d[xX][0-9a-fA-F]+\b
         |\b(?=[0-9a-fA-F]*[a-fA-F])(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{8,}\b)
+    |(?P<bar>\ *\d{1,3}%\|[\u2588-\u258f#0 ]*\|)
     |(?P<num>(?:(?<![\w.])-)?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)
     """,
     re.VERBOSE | re.ASCII,
@@ -216,6 +220,8 @@ def _spread(kind: str, values: list[str]) -> str:
         if lo == hi:
             return first
         return f"{values[floats.index(lo)]}..{values[floats.index(hi)]}"
+    if kind == "bar":  # a progress bar: its latest state says the most
+        return values[-1]
     distinct = list(dict.fromkeys(values))
     if len(distinct) <= 3:
         return "|".join(distinct)

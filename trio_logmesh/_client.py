@@ -272,13 +272,15 @@ class LoggingMeshClient:
         if link.partial_open[msg.stream] and lines and not lines[0]:
             # The newline that ends a partial line shown earlier: not a line of its own.
             lines = lines[1:]
-        link.partial_open[msg.stream] = msg.partial
+        # A progress state is a whole line for the view: nothing continues it.
+        partial = msg.partial and not msg.progress
+        link.partial_open[msg.stream] = partial
         if not lines:
             if items:
                 await self._emit(items)
             return
         batch = LogLines(link.rank, stream, tuple(lines), link.hostname, link.pid, time.time(),
-                         msg.partial)
+                         partial, msg.progress)
         agg = self._aggregator
         if agg is not None:
             before = agg.next_deadline()

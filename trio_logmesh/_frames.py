@@ -42,6 +42,7 @@ class Log:
     data: bytes
     line_start: int = 0
     partial: bool = False
+    progress: bool = False  # the partial line is a progress bar's latest state
 
 
 @attrs.frozen
@@ -128,7 +129,7 @@ Message = (
 def encode(msg: Message) -> bytes:
     """Encode a message as one frame."""
     if isinstance(msg, Log):
-        flags = w.FLAG_PARTIAL if msg.partial else 0
+        flags = (w.FLAG_PARTIAL if msg.partial else 0) | (w.FLAG_PROGRESS if msg.progress else 0)
         head = w.LOG_S.pack(msg.seq, msg.stream, flags, msg.line_start)
         return w.HEADER.pack(w.LOG, len(head) + len(msg.data)) + head + msg.data
     if isinstance(msg, Mark):
@@ -170,7 +171,7 @@ def decode(kind: int, payload: bytes) -> Message:
             if stream > 1:
                 raise w.FrameError(f"bad stream id {stream}")
             return Log(seq, stream, payload[w.LOG_S.size :], line_start,
-                       bool(flags & w.FLAG_PARTIAL))
+                       bool(flags & w.FLAG_PARTIAL), bool(flags & w.FLAG_PROGRESS))
         if kind == w.MARK:
             return Mark(*w.MARK_S.unpack(payload))
         if kind == w.EXIT:

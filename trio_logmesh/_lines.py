@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import attrs
 
+#: The second item of a run: a complete run, a partial line, or a progress bar's state.
+COMPLETE, PARTIAL, PROGRESS = 0, 1, 2
+
 #: Lines longer than this (bytes) are cut in the live view.
 MAX_LINE = 64 * 1024
 PROGRESS_INTERVAL = 0.25
@@ -43,7 +46,8 @@ def truncation_marker(dropped: int) -> bytes:
 
 @attrs.define
 class LineSplitter:
-    """See the module docstring.  ``feed``/``take_partial`` return ``(data, partial)`` runs."""
+    """See the module docstring.  ``feed``/``take_partial`` return ``(data, kind)`` runs, kind
+    being ``COMPLETE`` (0), ``PARTIAL`` (1) or ``PROGRESS`` (2)."""
 
     max_line: int = MAX_LINE
     progress_interval: float = PROGRESS_INTERVAL
@@ -56,21 +60,21 @@ class LineSplitter:
         """Whether a partial line is held."""
         return bool(self._pending) or self._dropped > 0
 
-    def feed(self, chunk: bytes, now: float) -> list[tuple[bytes, bool]]:
+    def feed(self, chunk: bytes, now: float) -> list[tuple[bytes, int]]:
         """Split a chunk; return the runs to hand on, in order."""
-        out: list[tuple[bytes, bool]] = []
+        out: list[tuple[bytes, int]] = []
         if self._dropped:
             nl = chunk.find(b"\n")
             if nl < 0:
                 self._dropped += len(chunk)
                 return out
             self._dropped += nl
-            out.append((self._cut_line() + b"\n", False))
+            out.append((self._cut_line() + b"\n", COMPLETE))
             chunk = chunk[nl + 1 :]
         data = self._pending + chunk if self._pending else chunk
         cut = data.rfind(b"\n") + 1
         if cut:
-            out.append((data[:cut] if cut < len(data) else data, False))
+            out.append((data[:cut] if cut < len(data) else data, COMPLETE))
             rest = data[cut:]
         else:
             rest = data
@@ -89,7 +93,7 @@ class LineSplitter:
         self._dropped = 0
         return line
 
-    def _progress(self, now: float, out: list[tuple[bytes, bool]]) -> None:
+    def _progress(self, now: float, out: list[tuple[bytes, int]]) -> None:
         # Keep only the latest state of a line redrawn with \r: "\r" + that state (so a
         # later newline still ends the line in its final state).  A trailing \r may be the
         # first half of a \r\n, so it belongs to the state before it.
@@ -102,18 +106,18 @@ class LineSplitter:
         state = body[last + 1 :]
         if state and now >= self._next_progress:
             self._next_progress = now + self.progress_interval
-            out.append((state, True))
+            out.append((state, PROGRESS))
 
-    def take_partial(self) -> list[tuple[bytes, bool]]:
+    def take_partial(self) -> list[tuple[bytes, int]]:
         """Hand on the held partial line now (idle time, barrier or EOF)."""
         if self._dropped:
             # The rest of this over-long line, if it comes, is counted again from zero.
-            return [(self._cut_line(), True)]
+            return [(self._cut_line(), PARTIAL)]
         pending = self._pending
         self._pending = b""
         if b"\r" in pending:
             pending = pending[pending.rfind(b"\r") + 1 :]
-        return [(pending, True)] if pending else []
+        return [(pending, PARTIAL)] if pending else []
 
 
 def clean_line(line: str) -> str:

@@ -32,6 +32,9 @@ class LogLines:
     pid: int = 0
     time: float = 0.0  # wall-clock time (time.time()) the client received the batch
     partial: bool = False
+    #: One line: the latest state of a line redrawn with ``\r`` (a progress bar), shown at a
+    #: throttled rate; its final state comes later as a complete line.
+    progress: bool = False
 
     def prefix(self) -> str:
         """The short tag printed in front of each line, e.g. ``[3]``."""

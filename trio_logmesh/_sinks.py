@@ -123,6 +123,8 @@ class JsonSink:
                     rec = dict(base, text=line)
                     if item.partial and i == last:
                         rec["partial"] = True
+                    if item.progress:
+                        rec["progress"] = True
                     out.append(json.dumps(rec))
             elif isinstance(item, GroupLine):
                 out.append(json.dumps({

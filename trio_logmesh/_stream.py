@@ -24,7 +24,7 @@ import attrs
 import trio
 
 from . import _wire as w
-from ._lines import LineSplitter
+from ._lines import COMPLETE, LineSplitter
 from ._outbox import RankOutbox
 
 READ_SIZE = 65536
@@ -87,12 +87,12 @@ class StreamFwder:
         self._fd = self.pipe.fileno()
 
     # -- output --------------------------------------------------------------------------
-    def _emit(self, data: bytes, partial: bool) -> None:
+    def _emit(self, data: bytes, kind: int) -> None:
         start = self.lines_sent
-        if not partial:
+        if kind == COMPLETE:
             self.lines_sent += data.count(b"\n")
         stream = self.stream_id
-        flags = w.FLAG_PARTIAL if partial else 0
+        flags = (0, w.FLAG_PARTIAL, w.FLAG_PARTIAL | w.FLAG_PROGRESS)[kind]
 
         def encode(seq: int) -> bytes:
             head = w.LOG_S.pack(seq, stream, flags, start)
@@ -101,8 +101,8 @@ class StreamFwder:
         self.outbox.append(w.LOG, encode)
 
     def _emit_pending(self) -> None:
-        for data, partial in self.splitter.take_partial():
-            self._emit(data, partial)
+        for data, kind in self.splitter.take_partial():
+            self._emit(data, kind)
 
     def _check_cuts(self) -> None:
         if not self._cuts:
@@ -145,8 +145,8 @@ class StreamFwder:
                 if self.mirror is not None:
                     self.mirror.write(chunk)
                     self.mirror.flush()
-                for data, partial in self.splitter.feed(chunk, trio.current_time()):
-                    self._emit(data, partial)
+                for data, kind in self.splitter.feed(chunk, trio.current_time()):
+                    self._emit(data, kind)
                 self._check_cuts()
         finally:
             self.eof = True

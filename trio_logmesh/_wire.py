@@ -48,6 +48,7 @@ STREAM_IDS = {"stdout": 0, "stderr": 1}
 STREAM_NAMES = ("stdout", "stderr")
 
 FLAG_PARTIAL = 1  # the last line of the LOG payload has no newline yet
+FLAG_PROGRESS = 2  # the payload is the latest state of a line redrawn with \r (a progress bar)
 
 TOKEN_SIZE = 16
 
