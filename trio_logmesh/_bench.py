@@ -702,7 +702,7 @@ def _fmt(v: Any) -> str:
 
 
 # -- command line ------------------------------------------------------------------------------
-SCENARIOS = ("throughput", "aggregate", "cpu", "latency", "flush", "memory", "all")
+SCENARIOS = ("throughput", "aggregate", "cpu", "latency", "flush", "memory", "grouping", "all")
 
 
 def _int_list(text: str) -> list[int]:
@@ -804,6 +804,11 @@ def cli(args: argparse.Namespace) -> int:
     """Run the scenario ``args`` name; print its table(s); return the exit status (0 unless a
     trial failed or lost lines, whatever the targets say)."""
     try:
+        if args.scenario == "grouping":  # the aggregator alone, on one core, vs Levenshtein
+            from . import _bench_aggregate
+
+            _bench_aggregate.main()
+            return 0
         if args.scenario == "all":
             run_all(args)
         else:
