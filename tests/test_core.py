@@ -255,3 +255,15 @@ async def test_bad_arguments_fail_clearly(log_dir):
             pass
     with pytest.raises(TypeError, match="sink"):
         lm.make_sink(42)
+
+
+async def test_mirror_copies_children_bytes_to_the_host_streams_only_when_asked(capfd, log_dir):
+    child = "echo to-out; echo to-err >&2"
+    async with lm.open_proc_mesh(["bash", "-c", child], procs=1, log_dir=log_dir,
+                                 announce=False, mirror=True) as mesh:
+        await mesh.wait()
+    async with lm.open_proc_mesh(["bash", "-c", "echo quiet"], procs=1, log_dir=log_dir,
+                                 announce=False) as mesh:
+        await mesh.wait()
+    out, err = capfd.readouterr()
+    assert out == "to-out\n" and err == "to-err\n"  # raw, unprefixed, and "quiet" not at all
