@@ -265,8 +265,8 @@ class LoggingMeshClient:
         if msg.partial:
             lines = text.split("\n")
         else:
-            link.lines[msg.stream] = msg.line_start + text.count("\n")
             lines = text[:-1].split("\n")
+            link.lines[msg.stream] = msg.line_start + len(lines)
         if "\r" in text:  # one check per chunk; per-line work only for the rare \r lines
             lines = [clean_line(ln) if "\r" in ln else ln for ln in lines]
         if link.partial_open[msg.stream] and lines and not lines[0]:
