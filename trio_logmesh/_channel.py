@@ -13,7 +13,7 @@ from . import _wire as w
 RECV_SIZE = 262144
 
 
-def unix_listener(path: str, backlog: int = 128) -> trio.SocketListener:
+async def unix_listener(path: str, backlog: int = 128) -> trio.SocketListener:
     """Bind and listen on a unix socket path (a stale file at ``path`` is replaced)."""
     try:
         os.unlink(path)
@@ -21,8 +21,7 @@ def unix_listener(path: str, backlog: int = 128) -> trio.SocketListener:
         pass
     sock = trio.socket.socket(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
     try:
-        # bind() on a path does not block for long; trio's socket.bind is async only for DNS.
-        sock._sock.bind(path)  # type: ignore[attr-defined]
+        await sock.bind(path)
         sock.listen(backlog)
     except BaseException:
         sock.close()

@@ -57,7 +57,7 @@ class HostLogForwarder:
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, then serve clients until cancelled; one client at a time (a new one wins)."""
-        listener = unix_listener(self.path)
+        listener = await unix_listener(self.path)
         try:
             async with listener, trio.open_nursery() as nursery:
                 task_status.started()
@@ -92,18 +92,14 @@ class HostLogForwarder:
 
     async def _serve_client(self, fs: FrameStream, hello: f.Hello) -> None:
         self.streaming = True
-        self.outbox.consumers += 1
-        try:
-            self.outbox.rewind(hello.resume_after)
-            await fs.send_msg(f.Welcome(self.rank, self.pid, w.KIND_HOST, self.hostname))
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._pump, fs, nursery.cancel_scope)
-                nursery.start_soon(self._beat, fs, nursery.cancel_scope)
-                with _ends(nursery.cancel_scope):
-                    await self._control(fs)
-                nursery.cancel_scope.cancel()
-        finally:
-            self.outbox.consumers -= 1
+        self.outbox.rewind(hello.resume_after)
+        await fs.send_msg(f.Welcome(self.rank, self.pid, w.KIND_HOST, self.hostname))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, fs, nursery.cancel_scope)
+            nursery.start_soon(self._beat, fs, nursery.cancel_scope)
+            with _ends(nursery.cancel_scope):
+                await self._control(fs)
+            nursery.cancel_scope.cancel()
 
     async def _pump(self, fs: FrameStream, done: trio.CancelScope) -> None:
         with _ends(done):

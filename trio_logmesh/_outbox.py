@@ -45,7 +45,6 @@ class RankOutbox:
     _replay_from: int | None = None
     _changed: trio.Event = attrs.field(factory=trio.Event)
     _room: trio.Event = attrs.field(factory=trio.Event)
-    consumers: int = 0
 
     @property
     def next_seq(self) -> int:

@@ -44,8 +44,6 @@ async def run_local_log_sender(
     fs: FrameStream, outbox: RankOutbox, cut_pipes: Callable[[int], None]
 ) -> None:
     """Pump ``outbox`` into the connection and handle what comes back, until it breaks."""
-
-    outbox.consumers += 1
     try:
         async with trio.open_nursery() as nursery:
 
@@ -70,6 +68,5 @@ async def run_local_log_sender(
                 pass
             nursery.cancel_scope.cancel()
     finally:
-        outbox.consumers -= 1
         with trio.CancelScope(shield=True):
             await fs.aclose()
