@@ -641,7 +641,7 @@ class Aggregator:
         prev: tuple[_Shape, int, int, int] | None = None
         prev2: tuple[_Shape, int, int, int] | None = None
         while pos < size:
-            info = None
+            info = None  # type: ignore[assignment]
             if prev2 is not None and prev is not None:
                 info = prev2[0]
                 block = info.reps[0]
@@ -662,7 +662,7 @@ class Aggregator:
                         continue
                     nxt = pos + len(block)
                 else:
-                    info = None
+                    info = None  # type: ignore[assignment]
             if info is None:
                 end = s.find(nl, pos)
                 key = s[pos:end]

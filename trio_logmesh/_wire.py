@@ -89,7 +89,7 @@ class FrameReader:
         self._buf = bytearray()
         self.max_frame = max_frame
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | bytearray) -> list[tuple[int, bytes]]:
         """Add received bytes; return the complete ``(type, payload)`` frames, in order.
 
         Raises :class:`FrameError` when a header announces a payload over ``max_frame``.

@@ -46,7 +46,7 @@ HEARTBEAT_SEC = 1.0
 try:  # hmac.compare_digest without importing hashlib/OpenSSL into every child at start-up
     from _operator import _compare_digest as compare_digest
 except ImportError:  # pragma: no cover
-    from hmac import compare_digest
+    from hmac import compare_digest  # type: ignore[no-redef]
 
 
 def _flush_user_buffers(with_c: bool) -> None:
