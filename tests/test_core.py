@@ -267,3 +267,16 @@ async def test_mirror_copies_children_bytes_to_the_host_streams_only_when_asked(
         await mesh.wait()
     out, err = capfd.readouterr()
     assert out == "to-out\n" and err == "to-err\n"  # raw, unprefixed, and "quiet" not at all
+
+
+async def test_leaving_the_mesh_flushes_buffered_output_into_the_files(tmp_path, log_dir):
+    # The children hold their output in sys.stdout's buffer (no periodic flush) and would lose
+    # it to SIGTERM: the teardown's barrier must get it into the files first.
+    cmd = [PY, "-c", PY_PRINTER.format(lines=100), str(tmp_path)]
+    async with lm.open_proc_mesh(cmd, procs=2, env=CHILD_ENV, log_dir=log_dir,
+                                 flush_interval=0, announce=False, grace=2.0) as mesh:
+        await wait_for_files(tmp_path / f"ready-{r}" for r in range(2))
+    for r in range(2):
+        expected = "".join(f"rank {r} line {i}\n" for i in range(100)) + f"partial-{r}"
+        assert open(mesh.log_files(r)[0]).read() == expected
+    assert mesh.returncodes == [-signal.SIGTERM] * 2

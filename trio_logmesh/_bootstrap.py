@@ -87,6 +87,9 @@ class RankProc:
     exited: trio.Event = attrs.field(factory=trio.Event)
     drained: trio.Event = attrs.field(factory=trio.Event)
     agent: FrameStream | None = None
+    #: Set once the host knows whether it talks to an in-child forwarder (connected, or gave
+    #: up and serves the rank itself).
+    agent_settled: trio.Event = attrs.field(factory=trio.Event)
     _cut_waiters: dict[int, trio.Event] = attrs.field(factory=dict)
 
     def cut_pipes(self, version: int) -> None:
@@ -110,6 +113,8 @@ class RankProc:
         """Host-side barrier: ask the child (if it has a forwarder) to flush its buffers, then
         wait until both pipes were read past what they held."""
         ev = self._cut_waiters[version] = trio.Event()
+        # A child that has not been dialled yet still holds its buffers: wait for its forwarder.
+        await self.agent_settled.wait()
         agent = self.agent
         if agent is not None and not self.exited.is_set():
             try:
@@ -393,9 +398,11 @@ async def _forwarding(mesh: ProcMesh, rp: RankProc, opts: _Options) -> None:
         )
         if fs is not None:
             rp.agent = fs
+            rp.agent_settled.set()
             rp.forwarder.value = (1, rp.agent_path)
             await run_local_log_sender(fs, rp.outbox, rp.cut_pipes)
             rp.agent = None
+    rp.agent_settled.set()
     hf = HostLogForwarder(
         rp.rank, rp.host_path, mesh._token, rp.outbox, rp.cut_pipes, rp.process.pid,
         mesh.hostname,
