@@ -71,13 +71,17 @@ class LineSplitter:
             self._dropped += nl
             out.append((self._cut_line() + b"\n", COMPLETE))
             chunk = chunk[nl + 1 :]
-        data = self._pending + chunk if self._pending else chunk
-        cut = data.rfind(b"\n") + 1
+        cut = chunk.rfind(b"\n") + 1
         if cut:
-            out.append((data[:cut] if cut < len(data) else data, COMPLETE))
-            rest = data[cut:]
+            # One copy at most: the held partial line and the chunk up to its last newline.
+            pending = self._pending
+            if pending:
+                out.append((b"".join((pending, memoryview(chunk)[:cut])), COMPLETE))
+            else:
+                out.append((chunk if cut == len(chunk) else chunk[:cut], COMPLETE))
+            rest = chunk[cut:]
         else:
-            rest = data
+            rest = self._pending + chunk if self._pending else chunk
         self._pending = rest
         if rest:
             if b"\r" in rest:

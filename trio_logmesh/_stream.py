@@ -106,7 +106,7 @@ class StreamFwder:
 
         def encode(seq: int) -> bytes:
             head = w.LOG_S.pack(seq, stream, flags, start)
-            return w.HEADER.pack(w.LOG, len(head) + len(data)) + head + data
+            return b"".join((w.HEADER.pack(w.LOG, len(head) + len(data)), head, data))
 
         self.outbox.append(w.LOG, encode)
 

@@ -95,21 +95,29 @@ class FrameReader:
         Raises :class:`FrameError` when a header announces a payload over ``max_frame``.
         """
         buf = self._buf
-        buf += data
+        if buf:
+            buf += data
+            src: bytes | bytearray | memoryview = memoryview(buf)
+        else:  # the common case: parse straight from what was received, no staging copy
+            src = memoryview(data)
         out: list[tuple[int, bytes]] = []
         pos = 0
-        n = len(buf)
+        n = len(src)
         while n - pos >= HEADER_SIZE:
-            kind, length = HEADER.unpack_from(buf, pos)
+            kind, length = HEADER.unpack_from(src, pos)
             if length > self.max_frame:
                 raise FrameError(f"frame of {length} bytes exceeds the {self.max_frame} limit")
             end = pos + HEADER_SIZE + length
             if end > n:
                 break
-            out.append((kind, bytes(buf[pos + HEADER_SIZE : end])))
+            out.append((kind, bytes(src[pos + HEADER_SIZE : end])))
             pos = end
-        if pos:
-            del buf[:pos]
+        if buf:
+            src.release()  # type: ignore[union-attr]
+            if pos:
+                del buf[:pos]
+        elif pos < n:
+            buf += src[pos:]
         return out
 
     @property
