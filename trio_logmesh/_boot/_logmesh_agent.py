@@ -111,6 +111,7 @@ class Agent:
         self.outbox: collections.deque[bytes] = collections.deque()  # flusher -> loop
         self.stopping = False
         self.unrelayed = 0
+        self.relay: list[bytes] = []  # frames to relay to the client, sent once per chunk
         self.thread: threading.Thread | None = None
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -227,6 +228,12 @@ class Agent:
                 self._from_host(kind, payload)
             else:
                 self._from_client(kind, payload)
+        if self.relay:
+            # One send for everything this chunk relays: each send is a GIL hand-off with the
+            # user's thread, which is what relaying costs their process.
+            parts, self.relay = self.relay, []
+            if self.client is not None:
+                self._send(self.client, b"".join(parts))
         if self.unrelayed and self.host is not None:
             self._send(self.host, w.frame(w.ACK, w.U64.pack(self.unrelayed)))
             self.unrelayed = 0
@@ -291,7 +298,7 @@ class Agent:
             # host's "block" policy would stall the child.
             self.unrelayed = seq
             return
-        self._send(client, w.HEADER.pack(kind, len(payload)) + payload)
+        self.relay += (w.HEADER.pack(kind, len(payload)), payload)
 
     def _from_client(self, kind: int, payload: bytes) -> None:
         try:
