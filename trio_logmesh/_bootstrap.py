@@ -10,8 +10,11 @@ private socket directory.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 import os
+import py_compile
 import re
 import secrets
 import shutil
@@ -48,6 +51,21 @@ AGENT_TIMEOUT = 20.0
 #: Seconds an exited child's pipes may stay open and silent (a descendant holds them) before
 #: the host stops reading them.
 DRAIN_TIMEOUT = 5.0
+
+
+@functools.cache
+def _compile_boot() -> None:
+    """Write the bytecode of the in-child forwarder once, so children load it instead of
+    compiling it at every start (environments with ``PYTHONDONTWRITEBYTECODE`` never would).
+    A read-only install simply keeps compiling; nothing depends on this."""
+    for name in ("sitecustomize.py", "_logmesh_agent.py"):
+        path = os.path.join(_BOOT_DIR, name)
+        try:
+            cached = importlib.util.cache_from_source(path)
+            if not os.path.exists(cached) or os.path.getmtime(cached) < os.path.getmtime(path):
+                py_compile.compile(path, cfile=cached, doraise=True)
+        except (OSError, py_compile.PyCompileError):
+            pass
 
 
 def is_python_command(argv0: str) -> bool:
@@ -465,6 +483,8 @@ async def open_proc_mesh(
         if not value > 0:
             raise ValueError(f"{name} must be positive, not {value!r}")
     is_py = is_python_command(cmd[0]) if python is None else python
+    if is_py:
+        _compile_boot()
     if log_level is not None:
         from ._client import check_mode
 

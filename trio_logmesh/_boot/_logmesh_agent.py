@@ -4,7 +4,7 @@ Started by ``sitecustomize`` before the user's code.  The user's main thread run
 we do not control, so this is the one place logmesh uses threads; both are owned by this module
 and end with the interpreter:
 
-* ``logmesh-forwarder``: one ``selectors`` loop serving ``BOOTSTRAP_LOG_CHANNEL``.  The host's
+* ``logmesh-forwarder``: one ``poll`` loop serving ``BOOTSTRAP_LOG_CHANNEL``.  The host's
   LocalLogSender connects (role host) and sends ``LOG``/``MARK``/``EXIT`` frames; the driver's
   client connects (role client) and sends control.  Data frames are relayed to the client as raw
   bytes, in sequence order, never re-encoded.
@@ -21,12 +21,11 @@ behind that data -> relayed here -> client.  The marker travels behind the data,
 
 from __future__ import annotations
 
+import _socket
 import atexit
 import collections
 import os
 import select
-import selectors
-import socket
 import sys
 import threading
 import time
@@ -80,10 +79,34 @@ def _c_fflush():  # type: ignore[no-untyped-def]
     return _fflush
 
 
+class _Poller:
+    """The few lines of ``selectors`` we need, on ``select.poll`` (importing ``selectors`` and
+    ``socket`` costs every child milliseconds of start-up)."""
+
+    def __init__(self) -> None:
+        self._poll = select.poll()
+        self._data: dict[int, object] = {}
+
+    def register(self, fd: int, data: object) -> None:
+        self._poll.register(fd, select.POLLIN)
+        self._data[fd] = data
+
+    def unregister(self, fd: int) -> None:
+        if self._data.pop(fd, None) is not None:
+            self._poll.unregister(fd)
+
+    def items(self) -> list[tuple[int, object]]:
+        return list(self._data.items())
+
+    def select(self, timeout: float) -> list[object]:
+        events = self._poll.poll(timeout * 1000)
+        return [self._data[fd] for fd, _ in events if fd in self._data]
+
+
 class _Conn:
     __slots__ = ("sock", "reader", "role")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self.reader = w.FrameReader()
         self.role = 0
@@ -97,7 +120,8 @@ class Agent:
         self.token = token
         self.rank = rank
         self.flush_interval = flush_interval
-        self.sel = selectors.DefaultSelector()
+        self.sel = _Poller()
+        self.lsock: _socket.socket | None = None
         self.host: _Conn | None = None
         self.client: _Conn | None = None
         self.streaming = True
@@ -116,7 +140,7 @@ class Agent:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         self.welcome = w.WELCOME_S.pack(rank, os.getpid(), w.KIND_AGENT) + (
-            socket.gethostname().encode()
+            _socket.gethostname().encode()
         )
 
     # -- set-up ------------------------------------------------------------------------
@@ -125,12 +149,13 @@ class Agent:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        lsock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         lsock.bind(self.path)
         lsock.listen(8)
         lsock.setblocking(False)
-        self.sel.register(lsock, selectors.EVENT_READ, "listen")
-        self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self.lsock = lsock
+        self.sel.register(lsock.fileno(), "listen")
+        self.sel.register(self.wake_r, "wake")
 
     # -- the forwarder loop -------------------------------------------------------------
     def stop(self, timeout: float) -> None:
@@ -146,10 +171,10 @@ class Agent:
         for conn in (self.client, self.host):
             if conn is not None:
                 self._close(conn)
-        for key in list(self.sel.get_map().values()):
-            if key.data == "listen":
-                self.sel.unregister(key.fileobj)
-                key.fileobj.close()  # type: ignore[union-attr]
+        if self.lsock is not None:
+            self.sel.unregister(self.lsock.fileno())
+            self.lsock.close()
+            self.lsock = None
         try:
             os.unlink(self.path)
         except OSError:
@@ -159,35 +184,37 @@ class Agent:
         next_beat = time.monotonic() + HEARTBEAT_SEC
         while not self.stopping:
             timeout = max(0.0, next_beat - time.monotonic())
-            for key, _ in self.sel.select(timeout):
-                if key.data == "listen":
-                    self._accept(key.fileobj)  # type: ignore[arg-type]
-                elif key.data == "wake":
+            for data in self.sel.select(timeout):
+                if data == "listen":
+                    self._accept()
+                elif data == "wake":
                     self._drain_outbox()
                     if self.stopping:
                         self._shutdown()
                         return
                 else:
-                    self._readable(key.data)
+                    self._readable(data)  # type: ignore[arg-type]
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + HEARTBEAT_SEC
                 if self.client is not None:
                     self._send(self.client, w.frame(w.HEARTBEAT))
 
-    def _accept(self, lsock: socket.socket) -> None:
+    def _accept(self) -> None:
+        if self.lsock is None:
+            return
         try:
-            sock, _ = lsock.accept()
+            fd, _ = self.lsock._accept()  # type: ignore[attr-defined]
         except OSError:
             return
+        sock = _socket.socket(fileno=fd)
         sock.setblocking(True)
         conn = _Conn(sock)
-        self.sel.register(sock, selectors.EVENT_READ, conn)
+        self.sel.register(fd, conn)
 
     def _close(self, conn: _Conn) -> None:
-        try:
-            self.sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
+        fd = conn.sock.fileno()
+        if fd >= 0:
+            self.sel.unregister(fd)
         conn.sock.close()
         if conn is self.client:
             self.client = None
