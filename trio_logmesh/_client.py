@@ -260,7 +260,7 @@ class LoggingMeshClient:
         elif msg.line_start > expected:
             dropped = msg.line_start - expected
             items.append(Notice(stream, f"[{dropped:,} lines dropped for rank {link.rank}]",
-                                link.rank, trio.current_time()))
+                                link.rank, time.time()))
         text = msg.data.decode("utf-8", "replace")
         if msg.partial:
             lines = text.split("\n")
@@ -423,7 +423,7 @@ class LoggingMeshClient:
                 link.finished = True
                 if msg.code != 0:
                     await self._emit([Notice("stderr", _exit_text(link.rank, msg.code),
-                                             link.rank, trio.current_time())])
+                                             link.rank, time.time())])
                 self._ack(link.rank, None)
             if seq is not None:
                 # Only once handled: if we are cancelled mid-delivery, a reconnect resumes at

@@ -70,7 +70,7 @@ class Notice:
     stream: Stream
     text: str
     rank: int | None = None
-    time: float = 0.0
+    time: float = 0.0  # wall-clock time (time.time())
 
     def prefix(self) -> str:
         """The tag printed in front of the notice."""
