@@ -210,3 +210,15 @@ def test_embed_example_runs_as_written(tmp_path):
     assert "driver: exit codes [0, 0, 0, 0]" in res.stdout
     assert res.stdout.count("loading data ... done") == 4
     assert "DEBUG rank" in res.stdout + res.stderr
+
+
+def test_across_ranks_only_never_collapses_a_ranks_own_repeats(tmp_path):
+    script = "import os; [print('same line') for _ in range(3)]"
+    res = run(["run", "-n", "2", "--json", "--window", "30", "--across-ranks-only", "--",
+               sys.executable, "-c", script], tmp_path)
+    recs = [json.loads(ln) for ln in res.stdout.splitlines()]
+    for g in (r for r in recs if r.get("group")):
+        assert len(g["ranks"]) == g["count"]  # at most one line per rank in a group
+    shown = sum(g["count"] for g in recs if g.get("group")) + sum(
+        1 for r in recs if not r.get("group"))
+    assert shown == 6

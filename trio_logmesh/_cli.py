@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"aggregate similar lines over SEC seconds (default {DEFAULT_WINDOW:g})")
     win.add_argument("--no-window", dest="window", action="store_const", const=None,
                      help="print every line at once, prefixed by its rank")
+    run.add_argument("--across-ranks-only", action="store_true",
+                     help="aggregate only lines of different ranks; never collapse one rank's "
+                          "own repeats")
     run.add_argument("--no-stream", action="store_true",
                      help="show nothing live; only the files and the final summary")
     run.add_argument("--log-dir", metavar="DIR",
@@ -184,7 +187,8 @@ async def run_command(args: argparse.Namespace) -> int:
                               drop_policy=args.drop_policy, log_level=level) as mesh:
         async with trio.open_nursery() as nursery:
             client = await LoggingMeshClient.spawn(nursery, mesh, sink=sink, ranks=args.ranks)
-            client.set_mode(stream_to_client=stream, aggregate_window_sec=window, level=level)
+            client.set_mode(stream_to_client=stream, aggregate_window_sec=window, level=level,
+                            across_ranks_only=args.across_ranks_only)
 
             async def on_sigint() -> None:
                 nonlocal interrupted

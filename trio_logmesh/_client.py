@@ -117,6 +117,7 @@ class LoggingMeshClient:
         self._stream_to_client = True
         self._window: float | None = None
         self._level: int | None = None
+        self._across_ranks_only = False
         self._aggregator: Aggregator | None = None
         self._agg_changed = trio.Event()
         #: Output produced by a mode change (sync), printed before anything that follows it.
@@ -152,17 +153,26 @@ class LoggingMeshClient:
         stream_to_client: bool = True,
         aggregate_window_sec: float | None = None,
         level: int | str = logging.INFO,
+        *,
+        across_ranks_only: bool = False,
     ) -> None:
         """Turn streaming on/off, set the aggregation window, set the children's log level.
 
         ``aggregate_window_sec=None`` prints every line at once; a number of seconds groups
-        similar lines per window (see the aggregator).  ``level`` becomes the root logging
-        level in every Python child; it is in force in a child before any later ``flush()``
-        returns.  Raises ``ValueError`` for a window while ``stream_to_client`` is False.
+        similar lines per window (see the aggregator).  ``across_ranks_only=True`` groups only
+        lines of different ranks, never one rank's own repeats.  ``level`` becomes the root
+        logging level in every Python child; it is in force in a child before any later
+        ``flush()`` returns.  Raises ``ValueError`` for a window while ``stream_to_client`` is
+        False.
         """
         number = check_mode(stream_to_client, aggregate_window_sec, level)
         self._stream_to_client = stream_to_client
         self._level = number
+        if across_ranks_only != self._across_ranks_only and self._aggregator is not None:
+            # A different grouping rule: print what the old one holds, start afresh.
+            self._pending_out.extend(self._aggregator.drain(trio.current_time()))
+            self._aggregator = None
+        self._across_ranks_only = across_ranks_only
         self._set_window(aggregate_window_sec)
         for link in self._links:
             if not self._streams(link.rank):
@@ -234,7 +244,7 @@ class LoggingMeshClient:
                 self._pending_out.extend(agg.drain(now))
                 self._aggregator = None
         elif agg is None:
-            self._aggregator = Aggregator(window)
+            self._aggregator = Aggregator(window, across_ranks_only=self._across_ranks_only)
         elif agg.window != window:
             self._pending_out.extend(agg.set_window(window, now))
         self._agg_changed.set()
