@@ -93,3 +93,35 @@ async def test_mesh_teardown_under_mock_clock_ends_every_task(autojump_clock, tm
     assert tracker.alive == set()
     assert all(code is not None and code < 0 for code in mesh.returncodes)
     assert client.exit_codes == mesh.returncodes
+
+
+async def test_client_window_on_the_mock_clock_live_first_then_rescheduled_summary(
+    autojump_clock, tmp_path
+):
+    autojump_clock.autojump_threshold = 0.1  # real children: jump only once the loop is idle
+    sink = Collected()
+    child = "for i in 1 2 3; do echo step $i loss 0.$i$RANK; done; sleep 600"
+    async with lm.open_proc_mesh(["bash", "-c", child], procs=3, log_dir=tmp_path,
+                                 announce=False, grace=1.0) as mesh:
+        client = await mesh.logging_option(aggregate_window_sec=100, sink=sink)
+        with trio.fail_after(60):
+            while not all(_count_lines(mesh.log_files(r)[0]) == 3 for r in range(3)):
+                await trio.sleep(0.01)
+        await trio.sleep(20)  # mock time: the 9 lines reach the client: 1 shown, 8 held
+        live = [i for i in sink.items if isinstance(i, lm.LogLines)]
+        assert [ln for i in live for ln in i.lines] == [live[0].lines[0]]
+        assert not [i for i in sink.items if isinstance(i, lm.GroupLine)]
+        # A shorter window whose end has already passed: the summary is due at once.
+        client.set_mode(aggregate_window_sec=5)
+        await trio.sleep(0.01)
+        groups = [i for i in sink.items if isinstance(i, lm.GroupLine)]
+        assert len(groups) == 1 and groups[0].count == 8 and groups[0].ranks_text == "0-2"
+        assert groups[0].text.startswith("step 1..3 loss ")
+        await client.flush()
+    total = sum(len(i.lines) for i in sink.items if isinstance(i, lm.LogLines))
+    assert total + sum(g.count for g in groups) == 9  # nothing lost, nothing twice
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as fh:
+        return fh.read().count(b"\n")
