@@ -20,13 +20,9 @@ DEFAULT_WINDOW = 3.0
 MAIN_HELP = """\
 Run a mesh of worker processes with their stdout/stderr streamed to this terminal,
 aggregated when many ranks print the same thing, and kept whole in per-rank files.
-
-commands:
-  run     start N ranks of a command (like torchrun --nproc-per-node / mpirun -n)
-  bench   measure the pipeline against a bare pipe reader on this machine
-
-Run 'logmesh COMMAND --help' for a command's options.
 """
+
+MAIN_EPILOG = "Run 'logmesh COMMAND --help' for a command's options."
 
 RUN_EPILOG = """\
 Each rank gets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE in its environment.
@@ -71,12 +67,17 @@ def _positive(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``logmesh``."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(
-        prog="logmesh", description=MAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="logmesh", description=MAIN_HELP, epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"logmesh {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     run = sub.add_parser(
-        "run", help="start N ranks of a command", epilog=RUN_EPILOG,
+        "run", help="start N ranks of a command (like torchrun --nproc-per-node, mpirun -n)",
+        epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="logmesh run -n N [options] -- CMD [ARG ...]",
         description="Start N ranks of CMD on this host and stream their output.",
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "default) or block the ranks until it catches up")
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
                      help="the program each rank runs")
-    bench = sub.add_parser("bench", help="measure the pipeline on this machine",
+    bench = sub.add_parser("bench", help="measure the pipeline against a bare pipe reader",
                            description="Run benchmark scenarios; each compares our pipeline "
                                        "with a baseline in the same invocation and reports "
                                        "medians and ratios.")
