@@ -325,3 +325,68 @@ async def test_block_policy_with_streaming_off_never_stalls_the_child(log_dir):
                 await client.flush()
             await client.aclose()
     assert sum(1 for _ in open(mesh.log_files(1)[0])) == 300_000
+
+
+async def test_block_policy_with_both_streams_flooding_keeps_reading_both(log_dir):
+    # Both readers wait for room at once; each wake-up must reach both of them.
+    child = ("import sys\nfor i in range(20000):\n"
+             "    print(f'out {i}')\n    print(f'err {i}', file=sys.stderr)\n")
+    sink = SlowSink()
+    async with lm.open_proc_mesh([PY, "-c", child], procs=1, env=CHILD_ENV, log_dir=log_dir,
+                                 announce=False, drop_policy="block",
+                                 buffer_bytes=64 * 1024) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            with trio.fail_after(60):
+                assert await mesh.wait() == [0]
+                await client.flush()
+    assert sink.lines(stream="stdout") == [f"out {i}" for i in range(20000)]
+    assert sink.lines(stream="stderr") == [f"err {i}" for i in range(20000)]
+
+
+async def test_forked_descendant_holding_sockets_does_not_keep_the_rank_open(log_dir):
+    child = ("import os, time\nprint('parent says hi', flush=True)\n"
+             "if os.fork() == 0:\n    os.close(1); os.close(2)\n    time.sleep(30)\n"
+             "    os._exit(0)\n")
+    sink = Collected()
+    async with lm.open_proc_mesh([PY, "-c", child], procs=1, env=CHILD_ENV, log_dir=log_dir,
+                                 announce=False, grace=1.0) as mesh:
+        async with trio.open_nursery() as nursery:
+            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+            with trio.fail_after(20):
+                assert await mesh.wait() == [0]
+                await client.flush()
+                await client.wait_finished()
+    assert client.exit_codes == [0]
+    assert sink.lines() == ["parent says hi"]
+
+
+async def test_flush_works_while_a_non_daemon_thread_outlives_main(log_dir):
+    child = ("import threading, time\n"
+             "def work():\n    for i in range(30):\n        print('worker', i); time.sleep(0.05)\n"
+             "threading.Thread(target=work).start()\n")
+    sink = Collected()
+    async with lm.open_proc_mesh([PY, "-c", child], procs=1, env=CHILD_ENV, log_dir=log_dir,
+                                 announce=False) as mesh:
+        client = await mesh.logging_option(sink=sink)
+        await trio.sleep(0.5)  # main has returned; the worker still prints
+        with trio.fail_after(5):
+            await client.flush()
+        await mesh.wait()
+    assert sink.lines()[:5] == [f"worker {i}" for i in range(5)]
+
+
+async def test_logging_option_twice_keeps_one_client_and_closed_client_flush_fails(log_dir):
+    sink = Collected()
+    async with lm.open_proc_mesh(["bash", "-c", "echo one; sleep 30"], procs=1,
+                                 log_dir=log_dir, announce=False, grace=1.0) as mesh:
+        a = await mesh.logging_option(sink=sink)
+        b = await mesh.logging_option(aggregate_window_sec=2)
+        assert a is b
+        with pytest.raises(lm.LogmeshError, match="sink"):
+            await mesh.logging_option(sink=Collected())
+        await a.flush()
+        await a.aclose()
+        with pytest.raises(lm.LogmeshError, match="closed"):
+            await a.flush()
+    assert sink.lines() == ["one"]

@@ -99,3 +99,13 @@ def test_human_size():
     assert human_size(10) == "10 B"
     assert human_size(1536) == "1.5 KiB"
     assert human_size(67_000_000) == "63.9 MiB"
+
+
+def test_a_bar_ending_in_cr_shows_its_latest_state_when_idle():
+    s = LineSplitter()
+    assert s.feed(b"10%\r", 0) == []
+    assert s.take_partial() == [(b"10%", 1)]
+    s = LineSplitter()
+    s.feed(b"a\r10%\r", 0)
+    assert s.feed(b"20%\r", 0.01) == []  # throttled
+    assert s.take_partial() == [(b"20%", 1)]  # the latest state, not nothing

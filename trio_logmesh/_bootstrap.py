@@ -34,6 +34,7 @@ import trio_util
 
 from . import _wire as w
 from ._channel import FrameStream
+from ._errors import LogmeshError
 from ._forwarder import HostLogForwarder
 from ._outbox import Policy, RankOutbox
 from ._sender import connect_agent, run_local_log_sender
@@ -200,13 +201,20 @@ class ProcMesh:
     ) -> LoggingMeshClient:
         """One-line form: spawn a client owned by this mesh and set its mode.
 
-        The client lives until the mesh's ``async with`` ends, which flushes it first.
+        The client lives until the mesh's ``async with`` ends, which flushes it first.  A
+        second call changes that client's mode (a mesh has one live view).
         Raises ``ValueError`` for a window without streaming (before spawning anything).
         """
         from ._client import LoggingMeshClient, check_mode
 
         check_mode(stream_to_client, aggregate_window_sec, level)
-        assert self._nursery is not None, "the mesh is closed"
+        if self._nursery is None:
+            raise LogmeshError("the mesh is closed")
+        for client in self._clients:  # one live view per mesh: a second call changes its mode
+            if sink is not None:
+                raise LogmeshError("this mesh already has a client; its sink cannot change")
+            client.set_mode(stream_to_client, aggregate_window_sec, level)
+            return client
         client = await LoggingMeshClient.spawn(self._nursery, self, sink=sink)
         client.set_mode(stream_to_client, aggregate_window_sec, level)
         self._clients.append(client)
@@ -382,6 +390,10 @@ async def _run_rank(
             rp.exited.set()
             await _drain_after_exit(fwds)
             read_scope.cancel()
+            if rp.agent is not None:
+                # The process is gone: whatever still holds its forwarder's socket open (a
+                # forked descendant), the host serves this rank from now on.
+                await rp.agent.aclose()
             while not all(f.eof for f in fwds):
                 await trio.sleep(0)
             outbox.append(w.EXIT, lambda seq: w.frame(w.EXIT, w.EXIT_S.pack(seq, code)))
@@ -420,6 +432,9 @@ async def _forwarding(mesh: ProcMesh, rp: RankProc, opts: _Options) -> None:
             rp.forwarder.value = (1, rp.agent_path)
             await run_local_log_sender(fs, rp.outbox, rp.cut_pipes)
             rp.agent = None
+            # Host barriers the forwarder never answered: cut the pipes for them ourselves.
+            for version in list(rp._cut_waiters):
+                rp.cut_pipes(version)
     rp.agent_settled.set()
     hf = HostLogForwarder(
         rp.rank, rp.host_path, mesh._token, rp.outbox, rp.cut_pipes, rp.process.pid,
@@ -536,12 +551,10 @@ async def open_proc_mesh(
 
 
 async def _teardown(mesh: ProcMesh, grace: float) -> None:
-    from ._errors import FlushTimeout
-
     for client in mesh._clients:
         try:
             await client.flush(timeout=grace)
-        except FlushTimeout:
+        except LogmeshError:  # timed out, or the client was closed already
             pass
     for rp in mesh.ranks:
         rp.outbox.set_policy("drop")  # from here on nothing may hold the pipes back

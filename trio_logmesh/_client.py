@@ -24,7 +24,7 @@ from . import _wire as w
 from ._aggregate import Aggregator
 from ._bootstrap import ProcMesh, RankProc
 from ._channel import FrameStream, dial
-from ._errors import FlushTimeout
+from ._errors import FlushTimeout, LogmeshError
 from ._lines import clean_line
 from ._records import STREAMS, LogLines, Notice, Output
 from ._sinks import Sink, make_sink
@@ -189,10 +189,15 @@ class LoggingMeshClient:
         before it returns.  Concurrent flushes each complete.
 
         Raises :class:`FlushTimeout` (with ``missing_ranks``) if ``timeout`` seconds pass
-        first.  Cancelling it abandons only this barrier.
+        first, and :class:`LogmeshError` on a client closed (``aclose()``) while ranks still
+        ran.  Cancelling it abandons only this barrier.
         """
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+        if self._done.is_set():
+            if all(link.finished for link in self._links):
+                return  # every rank's output ended and was delivered: nothing to wait for
+            raise LogmeshError("this client is closed (aclose() or its nursery ended)")
         version = self._next_version
         self._next_version += 1
         pending = {link.rank for link in self._links if not link.finished}
@@ -203,6 +208,8 @@ class LoggingMeshClient:
                     self._send_control(self._links[r], f.ForceSyncFlush(version))
                 with trio.move_on_after(math.inf if timeout is None else timeout):
                     await barrier.done.wait()
+                if barrier.pending and self._done.is_set():
+                    raise LogmeshError("the client closed before the flush completed")
                 if barrier.pending:
                     raise FlushTimeout(version, sorted(barrier.pending), timeout or 0.0)
             await self._drain_aggregator()
@@ -327,6 +334,8 @@ class LoggingMeshClient:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self._drain_aggregator()
             self._done.set()
+            for barrier in self._barriers.values():  # nobody will answer them any more
+                barrier.done.set()
 
     async def wait_finished(self) -> None:
         """Wait until every rank's output has ended (its exit was reported) and the client's
@@ -397,7 +406,12 @@ class LoggingMeshClient:
                         await fs.send(data)
 
             nursery.start_soon(writer)
-            await self._read_link(link, fs)
+            try:
+                await self._read_link(link, fs)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, w.FrameError) as exc:
+                # Caught here, inside the nursery, so it stays a reconnect and never becomes
+                # an ExceptionGroup in the user's nursery.
+                _log.debug("rank %d: connection lost (%r); reconnecting", link.rank, exc)
             nursery.cancel_scope.cancel()
 
     async def _read_link(self, link: _RankLink, fs: FrameStream) -> None:

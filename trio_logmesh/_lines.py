@@ -120,7 +120,10 @@ class LineSplitter:
         pending = self._pending
         self._pending = b""
         if b"\r" in pending:
-            pending = pending[pending.rfind(b"\r") + 1 :]
+            # The latest state: the text after the last \r, a trailing \r (maybe half of a
+            # \r\n) belonging to the state before it.
+            body = pending[:-1] if pending.endswith(b"\r") else pending
+            pending = body[body.rfind(b"\r") + 1 :]
         return [(pending, PARTIAL)] if pending else []
 
 

@@ -44,7 +44,7 @@ class RankOutbox:
     _send_from: int = 1
     _replay_from: int | None = None
     _changed: trio.Event = attrs.field(factory=trio.Event)
-    _room: trio.Event = attrs.field(factory=trio.Event)
+    _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
 
     @property
     def next_seq(self) -> int:
@@ -82,18 +82,18 @@ class RankOutbox:
         if self._kept_controls:
             self._kept_controls = [c for c in self._kept_controls if c[0] > seq]
         if self._ring_bytes <= self.limit_bytes:
-            self._room.set()
+            self._room.unpark_all()
 
     def set_policy(self, policy: Policy) -> None:
         """Change the policy (the mesh switches to ``"drop"`` to drain pipes at teardown)."""
         self.policy = policy
-        self._room.set()
+        self._room.unpark_all()
 
     async def wait_room(self) -> None:
         """With the ``"block"`` policy, wait while more than ``limit_bytes`` are unconfirmed."""
+        # One parking lot for every waiting reader (stdout and stderr): each wake-up reaches all.
         while self.policy == "block" and self._ring_bytes > self.limit_bytes:
-            self._room = trio.Event()
-            await self._room.wait()
+            await self._room.park()
 
     def rewind(self, after_seq: int) -> None:
         """The next batch replays every frame after ``after_seq`` that is still here.

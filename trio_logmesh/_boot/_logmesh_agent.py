@@ -181,6 +181,13 @@ class Agent:
             pass
 
     def run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            if self.stopping:
+                self._shutdown()
+
+    def _loop(self) -> None:
         next_beat = time.monotonic() + HEARTBEAT_SEC
         while not self.stopping:
             timeout = max(0.0, next_beat - time.monotonic())
@@ -190,7 +197,6 @@ class Agent:
                 elif data == "wake":
                     self._drain_outbox()
                     if self.stopping:
-                        self._shutdown()
                         return
                 else:
                     self._readable(data)  # type: ignore[arg-type]
@@ -215,6 +221,10 @@ class Agent:
         fd = conn.sock.fileno()
         if fd >= 0:
             self.sel.unregister(fd)
+            try:  # the peer must see the end even if a forked child still holds a copy
+                conn.sock.shutdown(_socket.SHUT_RDWR)
+            except OSError:
+                pass
         conn.sock.close()
         if conn is self.client:
             self.client = None
@@ -360,9 +370,8 @@ class Agent:
     def flusher(self) -> None:
         interval = self.flush_interval
         timeout = interval if interval > 0 else 0.1
-        main = threading.main_thread()
         job_r = self.job_r
-        while main.is_alive():
+        while _user_threads_alive():
             if not select.select((job_r,), (), (), timeout)[0]:
                 if interval > 0:
                     _flush_user_buffers(with_c=False)
@@ -383,7 +392,38 @@ class Agent:
 _agent: Agent | None = None
 
 
+def _user_threads_alive() -> bool:
+    """Whether the program still runs: its main thread, or another non-daemon thread of its
+    own (the interpreter waits for those; we must not keep it waiting for us)."""
+    if threading.main_thread().is_alive():
+        return True
+    me = threading.current_thread()
+    return any(t is not me and not t.daemon and t.is_alive() for t in threading.enumerate())
+
+
+def _after_fork_in_child() -> None:
+    # A child forked without exec (multiprocessing's "fork") must not keep our sockets: the
+    # host would never see this rank's forwarder go away.  The threads did not survive the
+    # fork; close what they owned.
+    global _agent
+    agent, _agent = _agent, None
+    if agent is None:
+        return
+    for conn in (agent.client, agent.host):
+        if conn is not None:
+            conn.sock.close()
+    if agent.lsock is not None:
+        agent.lsock.close()
+    for fd in (agent.wake_r, agent.wake_w, agent.job_r, agent.job_w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def _at_exit(agent: Agent) -> None:
+    if _agent is None or agent.thread is None or not agent.thread.is_alive():
+        return  # a forked child: the forwarder is not ours
     # Interpreter exit: daemon threads die before Python's own final flush of sys.stdout.  Flush
     # now, while the relay still runs (with a full pipe and a "block" policy that flush needs
     # the relay), then hand the rank to the host before this thread disappears.
@@ -411,6 +451,7 @@ def start() -> None:
     agent.thread = threading.Thread(target=agent.run, name="logmesh-forwarder", daemon=True)
     agent.thread.start()
     atexit.register(_at_exit, agent)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
     # Not a daemon: it may hold sys.stdout's lock while blocked on a full pipe, and a daemon
     # thread holding that lock when the interpreter flushes stdout at exit aborts the child.
     # It ends by itself within one interval once the main thread has finished.
