@@ -280,3 +280,15 @@ async def test_leaving_the_mesh_flushes_buffered_output_into_the_files(tmp_path,
         expected = "".join(f"rank {r} line {i}\n" for i in range(100)) + f"partial-{r}"
         assert open(mesh.log_files(r)[0]).read() == expected
     assert mesh.returncodes == [-signal.SIGTERM] * 2
+
+
+async def test_a_log_file_that_cannot_be_opened_fails_plainly_and_leaves_no_child(log_dir):
+    os.makedirs(log_dir / "rank-1.stdout.log")  # a directory where rank 1's file should go
+    with pytest.raises(IsADirectoryError):
+        async with lm.open_proc_mesh(["sleep", "30"], procs=3, log_dir=log_dir,
+                                     announce=False):
+            pass
+    # no "sleep 30" child of ours is left running
+    me = os.getpid()
+    out = os.popen(f"ps -o pid=,args= --ppid {me}").read()
+    assert "sleep 30" not in out

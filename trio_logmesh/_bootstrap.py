@@ -353,15 +353,14 @@ async def _run_rank(
     mesh: ProcMesh,
     rank: int,
     process: trio.Process,
+    appenders: tuple[FileAppender, FileAppender],
     python: bool,
     opts: _Options,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     agent_path = _agent_path(mesh, rank)
     host_path = os.path.join(mesh._sock_dir, f"rank{rank}.host.sock")
-    out_path, err_path = mesh.log_files(rank)
     outbox = RankOutbox(limit_bytes=opts.buffer_bytes, policy=opts.policy)
-    appenders = (FileAppender(out_path), FileAppender(err_path))
     mirrors = (
         (sys.stdout.buffer, sys.stderr.buffer) if opts.mirror else (None, None)
     )
@@ -505,8 +504,8 @@ async def open_proc_mesh(
 
         env = dict(env or {})
         env["LOGMESH_LEVEL"] = str(check_mode(True, None, log_level))
-    sock_dir = tempfile.mkdtemp(prefix="logmesh-")  # 0700: only this user may connect
     run_dir = _make_run_dir(log_dir)
+    sock_dir = tempfile.mkdtemp(prefix="logmesh-")  # 0700: only this user may connect
     if announce:
         sys.stderr.write(f"logmesh: {procs} rank(s), logs in {run_dir}\n")
         sys.stderr.flush()
@@ -515,8 +514,18 @@ async def open_proc_mesh(
     mesh = ProcMesh(procs, run_dir, socket.gethostname(), secrets.token_bytes(w.TOKEN_SIZE),
                     sock_dir)
     processes: list[trio.Process] = []
+    appenders: list[tuple[FileAppender, FileAppender]] = []
     try:
+        # Everything that can fail on bad input (the files, the program) fails here, as a
+        # plain exception, before any task runs.
         for rank in range(procs):
+            paths = mesh.log_files(rank)
+            out = FileAppender(paths[0])
+            try:
+                appenders.append((out, FileAppender(paths[1])))
+            except BaseException:
+                out.close()
+                raise
             processes.append(await _spawn(mesh, rank, cmd, env, is_py, opts))
     except BaseException:
         for p in processes:
@@ -524,6 +533,9 @@ async def open_proc_mesh(
         with trio.CancelScope(shield=True):
             for p in processes:
                 await p.wait()
+        for pair in appenders:
+            for a in pair:
+                a.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
         raise
     body_error: BaseException | None = None
@@ -532,7 +544,8 @@ async def open_proc_mesh(
             mesh._nursery = nursery
             try:
                 for rank, process in enumerate(processes):
-                    await nursery.start(_run_rank, mesh, rank, process, is_py, opts)
+                    await nursery.start(_run_rank, mesh, rank, process, appenders[rank], is_py,
+                                        opts)
                 try:
                     yield mesh
                 except BaseException as exc:
@@ -542,6 +555,15 @@ async def open_proc_mesh(
             finally:
                 with trio.CancelScope(shield=True):
                     await _teardown(mesh, grace)
+                    # Children whose rank task never started (a failure part-way through
+                    # start-up): nobody else owns them.
+                    registered = {id(rp.process) for rp in mesh.ranks}
+                    for process, pair in zip(processes, appenders, strict=True):
+                        if id(process) not in registered:
+                            _signal_group(process, signal.SIGKILL)
+                            await process.wait()
+                            for a in pair:
+                                a.close()
                 nursery.cancel_scope.cancel()
     finally:
         mesh._nursery = None
