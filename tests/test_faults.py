@@ -390,3 +390,23 @@ async def test_logging_option_twice_keeps_one_client_and_closed_client_flush_fai
         with pytest.raises(lm.LogmeshError, match="closed"):
             await a.flush()
     assert sink.lines() == ["one"]
+
+
+async def test_a_client_taken_over_by_a_newer_one_ends_and_says_so(log_dir):
+    old_sink, new_sink = Collected(), Collected()
+    child = "import time; print('hello', flush=True); time.sleep(30)"
+    async with lm.open_proc_mesh([PY, "-c", child], procs=2, env=CHILD_ENV, log_dir=log_dir,
+                                 announce=False, grace=1.0) as mesh:
+        async with trio.open_nursery() as nursery:
+            old = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=old_sink)
+            await old.flush()
+            new = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=new_sink)
+            with trio.fail_after(10):
+                await new.flush()
+                await old.wait_finished()  # its tasks ended instead of waiting forever
+            with pytest.raises(lm.LogmeshError, match="another client"):
+                await old.flush()
+            await new.aclose()
+    assert sorted(old_sink.lines()) == ["hello", "hello"]
+    # what the old client had already confirmed is not replayed to the newcomer
+    assert new_sink.lines() == []

@@ -75,6 +75,7 @@ class _Barrier:
     version: int
     pending: set[int]
     done: trio.Event = attrs.field(factory=trio.Event)
+    failed: str = ""
 
 
 @attrs.define(eq=False)
@@ -89,6 +90,8 @@ class _RankLink:
     finished: bool = False
     exit_code: int | None = None
     last_heard: float = -math.inf
+    #: Another client took this rank over: this one gets nothing more from it.
+    replaced: bool = False
     #: Per stream: the last batch ended with a partial line.
     partial_open: list[bool] = attrs.field(factory=lambda: [False, False])
     #: Streaming was off for this rank: a gap in line numbers is not a drop.
@@ -194,6 +197,9 @@ class LoggingMeshClient:
         """
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be None or >= 0, not {timeout!r}")
+        replaced = [link.rank for link in self._links if link.replaced]
+        if replaced:
+            raise LogmeshError(f"rank(s) {replaced} are streamed to another client now")
         if self._done.is_set():
             if all(link.finished for link in self._links):
                 return  # every rank's output ended and was delivered: nothing to wait for
@@ -208,6 +214,8 @@ class LoggingMeshClient:
                     self._send_control(self._links[r], f.ForceSyncFlush(version))
                 with trio.move_on_after(math.inf if timeout is None else timeout):
                     await barrier.done.wait()
+                if barrier.failed:
+                    raise LogmeshError(barrier.failed)
                 if barrier.pending and self._done.is_set():
                     raise LogmeshError("the client closed before the flush completed")
                 if barrier.pending:
@@ -358,7 +366,7 @@ class LoggingMeshClient:
     async def _rank_task(self, rp: RankProc) -> None:
         link = self._links[rp.rank]
         failed_gen = 0
-        while not link.finished:
+        while not link.finished and not link.replaced:
             gen, path = await rp.forwarder.wait_value(  # type: ignore[misc]
                 lambda v, seen=failed_gen: v is not None and v[0] > seen
             )
@@ -375,6 +383,13 @@ class LoggingMeshClient:
             finally:
                 link.control = None
             failed_gen = gen
+        if link.replaced:
+            _log.warning("rank %d is now streamed to another client", rp.rank)
+            for barrier in self._barriers.values():
+                if rp.rank in barrier.pending:
+                    barrier.failed = f"rank {rp.rank} was taken over by another client"
+                    barrier.done.set()
+            return
         # Anything still waiting on this rank is satisfied: its output ended.
         self._ack(rp.rank, None)
 
@@ -427,13 +442,16 @@ class LoggingMeshClient:
                 # "block" policy, read the child's pipes again).
                 acked = link.last_seq
                 link.control.send_nowait(f.encode(f.Ack(acked)))
-            if link.finished:
+            if link.finished or link.replaced:
                 return
 
     async def _handle_frames(self, link: _RankLink, frames: list[tuple[int, bytes]]) -> None:
         for kind, payload in frames:
             if kind in (w.HEARTBEAT, w.REPLAY):
                 continue
+            if kind == w.REJECT:  # another client took this rank over
+                link.replaced = True
+                return
             msg = f.decode(kind, payload)
             seq = getattr(msg, "seq", None)
             if seq is not None and seq <= link.last_seq:

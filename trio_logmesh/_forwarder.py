@@ -54,6 +54,7 @@ class HostLogForwarder:
     heartbeat_sec: float = 1.0
     streaming: bool = True
     _client_scope: trio.CancelScope | None = None
+    _client_fs: FrameStream | None = None
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, then serve clients until cancelled; one client at a time (a new one wins)."""
@@ -82,10 +83,14 @@ class HostLogForwarder:
                     if first is not None:
                         await fs.send(w.frame(w.REJECT))
                     return
-                if self._client_scope is not None:
+                if self._client_scope is not None:  # a newer client takes over
+                    if self._client_fs is not None:
+                        with contextlib.suppress(trio.BrokenResourceError,
+                                                 trio.ClosedResourceError):
+                            await self._client_fs.send(w.frame(w.REJECT))
                     self._client_scope.cancel()
                 with trio.CancelScope() as scope:
-                    self._client_scope = scope
+                    self._client_scope, self._client_fs = scope, fs
                     await self._serve_client(fs, hello)
         except (trio.BrokenResourceError, trio.ClosedResourceError, w.FrameError):
             return  # the client went away or sent garbage: drop that connection only

@@ -300,8 +300,10 @@ class Agent:
                 self.pending_resume = None
             self._drain_outbox()
         else:
-            if self.client is not None:
-                self._close(self.client)
+            if self.client is not None:  # a newer client takes over: tell the old one why
+                self._send(self.client, w.frame(w.REJECT))
+                if self.client is not None:
+                    self._close(self.client)
             self.client = conn
             self.streaming = True
             self.awaiting_replay = True
