@@ -374,12 +374,16 @@ async def _run_rank(
     try:
         async with trio.open_nursery() as nursery:
             read_scope = trio.CancelScope()
+            readers_done = trio.Event()
 
             async def read_pipes() -> None:
-                with read_scope:
-                    async with trio.open_nursery() as readers:
-                        for fwd in fwds:
-                            readers.start_soon(fwd.run)
+                try:
+                    with read_scope:
+                        async with trio.open_nursery() as readers:
+                            for fwd in fwds:
+                                readers.start_soon(fwd.run)
+                finally:
+                    readers_done.set()
 
             nursery.start_soon(read_pipes)
             nursery.start_soon(_forwarding, mesh, rp, opts)
@@ -393,8 +397,7 @@ async def _run_rank(
                 # The process is gone: whatever still holds its forwarder's socket open (a
                 # forked descendant), the host serves this rank from now on.
                 await rp.agent.aclose()
-            while not all(f.eof for f in fwds):
-                await trio.sleep(0)
+            await readers_done.wait()  # their held partial lines are in the outbox now
             outbox.append(w.EXIT, lambda seq: w.frame(w.EXIT, w.EXIT_S.pack(seq, code)))
             rp.drained.set()
             # The forwarders keep serving (a client may join late) until the mesh closes.
