@@ -2,13 +2,19 @@
 
 Complete (an exact flush barrier), readable (aggregated across ranks), kept in per-process
 files, with Python logging levels set from the driver.  See the README for a tour.
+
+The code is layered by where it runs: ``protocol`` (frames and the control channel, the same
+on every side), ``host`` (the ranks' processes, pipes and files), ``child`` (the agent inside
+each Python rank), ``view`` (the driver's client, aggregation and sinks), ``cli`` and
+``bench``.  The public names are re-exported here.
 """
 
-from ._bootstrap import ProcMesh, default_log_root, is_python_command, open_proc_mesh
-from ._client import LoggingMeshClient
-from ._errors import FlushTimeout, LogmeshError
-from ._records import GroupLine, LogLines, Notice, Output, format_output
-from ._sinks import (
+from ._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError
+from .host._launch import default_log_root, is_python_command
+from .host._mesh import ProcMesh, open_proc_mesh, register_view_factory
+from .view._client import LoggingMeshClient, open_logging_client
+from .view._records import GroupLine, LogLines, Notice, Output, format_output
+from .view._sinks import (
     CallableSink,
     ChannelSink,
     FileSink,
@@ -18,15 +24,21 @@ from ._sinks import (
     make_sink,
 )
 
+# The mesh makes the client of `mesh.logging_option(...)` through this hook: the host
+# never imports the view.
+register_view_factory(LoggingMeshClient._for_mesh)
+
 __version__ = "0.1.0"
 
 __all__ = [
     "CallableSink",
     "ChannelSink",
+    "ClientClosed",
+    "ClientReplaced",
     "FileSink",
     "FlushTimeout",
-    "JsonSink",
     "GroupLine",
+    "JsonSink",
     "LogLines",
     "LoggingMeshClient",
     "LogmeshError",
@@ -39,5 +51,6 @@ __all__ = [
     "format_output",
     "is_python_command",
     "make_sink",
+    "open_logging_client",
     "open_proc_mesh",
 ]

@@ -1,5 +1,7 @@
 """``python -m trio_logmesh`` is the ``logmesh`` command."""
 
-from ._cli import _entry
+from .cli._main import entry
 
-_entry()
+entry()
+
+

@@ -1,4 +1,4 @@
-"""Start logmesh's in-child forwarder, then run any other ``sitecustomize`` as usual.
+"""Start logmesh's agent, then run any other ``sitecustomize`` as usual.
 
 The mesh puts this directory first on ``PYTHONPATH`` of the Python children it launches and sets
 ``LOGMESH_AGENT``; the interpreter imports this module before the user's code, which therefore
@@ -21,7 +21,7 @@ def _start_agent() -> None:
             sys.path.remove(here)
         _logmesh_agent.start()
     except Exception as exc:  # never break the user's program
-        sys.stderr.write(f"logmesh: in-child forwarder not started: {exc!r}\n")
+        sys.stderr.write(f"logmesh: agent not started (barriers will not flush this process's buffers): {exc!r}\n")
 
 
 def _chain() -> None:

@@ -375,7 +375,8 @@ class _Group:
         assert batch is not None
         if self.count == 1:
             line = batch.lines[self.first_index]
-            return LogLines(batch.rank, self.stream, (line,), batch.hostname, batch.pid, batch.time)
+            return LogLines(batch.rank, self.stream, line.encode("utf-8", "surrogateescape"),
+                            batch.hostname, batch.pid, batch.time)
         template = self.template
         parts = template.parts
         pieces = [parts[0]]
@@ -535,7 +536,7 @@ class Aggregator:
                     LogLines(
                         batch.rank,
                         batch.stream,
-                        lines[a:b],
+                        "\n".join(lines[a:b]).encode("utf-8", "surrogateescape"),
                         batch.hostname,
                         batch.pid,
                         batch.time,
@@ -549,7 +550,7 @@ class Aggregator:
     ) -> None:
         """Route ``seg`` (lines ``off...`` of ``batch``) to groups or to ``live``."""
         m = len(seg)
-        joined = "\n".join(seg)
+        joined = batch.text if m == len(batch.lines) else "\n".join(seg)
         clean: Sequence[str] = seg
         segments = None
         if "\x1b" in joined:

@@ -1,8 +1,9 @@
 """StreamFwder: reads one child pipe on the host, per chunk, and feeds the file and the outbox.
 
 For every chunk read: the raw bytes go to the FileAppender (and the host's own stdout/stderr
-when mirroring is on), the complete lines go to the rank's outbox as one ``LOG`` frame (the
-LineSplitter in ``_lines`` cuts them, handles ``\r`` progress bars and over-long lines).  A
+when mirroring is on), the complete lines go to the rank's outbox as one ``Log`` frame (the
+LineSplitter in ``_lines`` cuts them, handles ``\r`` progress bars and over-long lines).
+The file never waits on the live view: only the ``"block"`` policy, by choice, holds reading.  A
 trailing partial line is held until its newline arrives, until ``partial_idle`` seconds pass
 without more bytes, until a barrier needs it, or until EOF -- whichever comes first.
 
@@ -23,8 +24,7 @@ from typing import BinaryIO
 import attrs
 import trio
 
-from . import _wire as w
-from ._lines import COMPLETE, LineSplitter
+from ._lines import COMPLETE, PROGRESS, LineSplitter
 from ._outbox import RankOutbox
 
 READ_SIZE = 256 * 1024
@@ -65,11 +65,27 @@ class FileAppender:
             n = os.write(self._fd, view)
             view = view[n:]
 
-    def close(self) -> None:
-        """Close the file (idempotent)."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    def close(self) -> OSError | None:
+        """Close the file (idempotent).  Returns the error closing reported, if any (a full
+        or failing disk can report a lost write only now), rather than raising it: the
+        caller decides how loudly to report it."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError as exc:
+                return exc
+        return None
+
+
+class ReadBuffer:
+    """The buffer the StreamFwders of one mesh read into, shared: a chunk is copied out before
+    the reader next awaits anything.  (``os.read`` of a large size allocates a fresh buffer of
+    that size every time; on Linux that costs more than the copy.)"""
+
+    def __init__(self, size: int = READ_SIZE) -> None:
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
 
 
 @attrs.define(eq=False)
@@ -83,9 +99,9 @@ class StreamFwder:
     mirror: BinaryIO | None = None
     partial_idle: float = 0.2
     offset: int = 0  # bytes read so far
-    lines_sent: int = 0  # complete lines handed to the outbox so far
     eof: bool = False
     splitter: LineSplitter = attrs.field(factory=LineSplitter)
+    read_buffer: ReadBuffer = attrs.field(factory=ReadBuffer)
     _cuts: list[tuple[int, Callable[[], None]]] = attrs.field(factory=list)
     _fd: int = -1
 
@@ -98,17 +114,7 @@ class StreamFwder:
 
     # -- output --------------------------------------------------------------------------
     def _emit(self, data: bytes, kind: int) -> None:
-        start = self.lines_sent
-        if kind == COMPLETE:
-            self.lines_sent += data.count(b"\n")
-        stream = self.stream_id
-        flags = (0, w.FLAG_PARTIAL, w.FLAG_PARTIAL | w.FLAG_PROGRESS)[kind]
-
-        def encode(seq: int) -> bytes:
-            head = w.LOG_S.pack(seq, stream, flags, start)
-            return b"".join((w.HEADER.pack(w.LOG, len(head) + len(data)), head, data))
-
-        self.outbox.append(w.LOG, encode)
+        self.outbox.append_log(self.stream_id, data, kind != COMPLETE, kind == PROGRESS)
 
     def _emit_pending(self) -> None:
         for data, kind in self.splitter.take_partial():
@@ -132,6 +138,18 @@ class StreamFwder:
         self._check_cuts()
 
     # -- the task ------------------------------------------------------------------------
+    async def _read(self) -> bytes:
+        """The next chunk of the pipe (``b""`` at EOF); a checkpoint either way."""
+        await trio.lowlevel.checkpoint()
+        rb = self.read_buffer
+        while True:
+            try:
+                n = os.readv(self._fd, [rb.buf])
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(self._fd)
+                continue
+            return bytes(rb.view[:n])
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Read the pipe until EOF.  Cancelling it stops reading; held bytes are handed on."""
         task_status.started()
@@ -141,12 +159,12 @@ class StreamFwder:
                 chunk: bytes | None = None
                 if self.splitter.pending:
                     with trio.move_on_after(self.partial_idle):
-                        chunk = await self.pipe.receive_some(READ_SIZE)
+                        chunk = await self._read()
                     if chunk is None:  # idle: deliver the partial line
                         self._emit_pending()
                         continue
                 else:
-                    chunk = await self.pipe.receive_some(READ_SIZE)
+                    chunk = await self._read()
                 if not chunk:
                     break
                 self.offset += len(chunk)

@@ -1,0 +1,9 @@
+"""``python -m trio_logmesh.bench KIND JSON_PARAMS``: run one trial, print its JSON result."""
+
+import json
+import sys
+
+from ._trials import TRIALS
+
+kind, params = sys.argv[1:]
+print(json.dumps(TRIALS[kind](**json.loads(params))))

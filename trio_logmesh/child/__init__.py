@@ -1,0 +1,1 @@
+"""Child: what runs inside each Python child (standard library only; see ``_logmesh_agent``)."""

@@ -1,0 +1,413 @@
+"""BootstrapProcManager: ``open_proc_mesh`` starts a mesh of children on this host.
+
+The ``async with`` owns a nursery with, per rank, the RankProc task (its process and its two
+StreamFwders), and for the mesh the agent listener on ``BOOTSTRAP_LOG_CHANNEL``.  A view (the
+driver's client) serves itself from the mesh with :meth:`ProcMesh.serve_view`.  Leaving the
+block flushes the clients made by :meth:`ProcMesh.logging_option` and the files, stops the
+children still running (SIGTERM, then SIGKILL after ``grace`` seconds, which also ends a
+SIGSTOPped child) and removes the private socket directory.  The body's exception always
+surfaces; errors of the teardown are attached to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from .._errors import LogmeshError, leaf_errors, surface
+from .._levels import level_number
+from ..protocol import _wire as w
+from . import _agents
+from ._forwarder import Delivery, Forwarders, LogForwardActor, ViewLink
+from ._launch import (
+    child_env,
+    compile_child_modules,
+    is_python_command,
+    log_paths,
+    make_run_dir,
+    runs_site,
+)
+from ._lines import MAX_LINE, PROGRESS_INTERVAL, LineSplitter
+from ._outbox import Policy, RankOutbox
+from ._rank import RankProc
+from ._stream import FileAppender, ReadBuffer, StreamFwder
+
+#: Seconds a Python child has to start its agent before barriers stop waiting for it.
+AGENT_TIMEOUT = 20.0
+#: Seconds an exited child's pipes may stay open and silent (a descendant holds them) before
+#: the host stops reading them.
+DRAIN_TIMEOUT = 5.0
+
+
+class OwnedView(Protocol):
+    """What the mesh needs of a client it owns (one made by :meth:`ProcMesh.logging_option`)."""
+
+    def set_mode(
+        self, stream_to_client: bool, aggregate_window_sec: float | None, level: int | str
+    ) -> None: ...
+
+    async def flush(self, timeout: float | None = None) -> None: ...
+
+    async def wait_finished(self) -> None: ...
+
+
+#: Makes the client of :meth:`ProcMesh.logging_option`; registered by ``trio_logmesh.view``, so
+#: the host never imports the view.
+ViewFactory = Callable[..., Awaitable[OwnedView]]
+_view_factory: ViewFactory | None = None
+
+
+def register_view_factory(factory: ViewFactory) -> None:
+    """Set the factory :meth:`ProcMesh.logging_option` uses (the view does this on import)."""
+    global _view_factory
+    _view_factory = factory
+
+
+@attrs.define(eq=False)
+class ProcMesh:
+    """A running mesh of ``size`` processes on this host (see :func:`open_proc_mesh`)."""
+
+    size: int
+    run_dir: str
+    hostname: str
+    _ranks: list[RankProc] = attrs.field(factory=list)
+    _forwarders: Forwarders | None = None
+    _nursery: trio.Nursery | None = None
+    _views: list[OwnedView] = attrs.field(factory=list)
+    _host_barriers: int = 0
+
+    def log_files(self, rank: int) -> tuple[str, str]:
+        """The paths of ``rank``'s stdout and stderr files."""
+        if not 0 <= rank < self.size:
+            raise ValueError(f"rank {rank} is not in a mesh of {self.size}")
+        return log_paths(self.run_dir, rank, self.size)
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids, by rank."""
+        return [rp.process.pid for rp in self._ranks]
+
+    @property
+    def returncodes(self) -> list[int | None]:
+        """Exit codes by rank (None while running; negative: killed by that signal)."""
+        return [rp.returncode.value for rp in self._ranks]
+
+    async def wait(self) -> list[int]:
+        """Wait for every child to exit; return the exit codes by rank."""
+        codes = []
+        for rp in self._ranks:
+            code = await rp.returncode.wait_value(lambda v: v is not None)
+            assert code is not None
+            codes.append(code)
+        return codes
+
+    def send_signal(self, sig: int, ranks: Sequence[int] | None = None) -> None:
+        """Send ``sig`` to the children still running (all, or the given ranks)."""
+        for rp in self._ranks if ranks is None else [self._ranks[r] for r in ranks]:
+            if rp.returncode.value is None:
+                try:
+                    rp.process.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    async def serve_view(
+        self,
+        inbox: trio.MemorySendChannel[Delivery],
+        task_status: trio.TaskStatus[ViewLink] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Be served as the mesh's view: every rank's frames go into ``inbox``, in order per
+        rank, until this task is cancelled or a newer view replaces it (``link.replaced``).
+
+        Use with ``link = await nursery.start(mesh.serve_view, inbox)``.  Raises
+        :class:`~trio_logmesh.LogmeshError` when the mesh is closed.
+        """
+        if self._forwarders is None:
+            raise LogmeshError("the mesh is closed")
+        await self._forwarders.serve_view(inbox, task_status=task_status)
+
+    async def logging_option(
+        self,
+        stream_to_client: bool = True,
+        aggregate_window_sec: float | None = None,
+        level: int | str = logging.INFO,
+        *,
+        sink: object = None,
+    ) -> Any:
+        """One-line form: a :class:`~trio_logmesh.LoggingMeshClient` owned by this mesh.
+
+        The client lives until the mesh's ``async with`` ends, which flushes it first.  A
+        second call changes that client's mode (a mesh has one live view).  Raises
+        ``ValueError`` for a window without streaming (before spawning anything).
+        """
+        if self._nursery is None or _view_factory is None:
+            raise LogmeshError("the mesh is closed")
+        for view in self._views:  # one live view per mesh: a second call changes its mode
+            if sink is not None:
+                raise LogmeshError("this mesh already has a client; its sink cannot change")
+            view.set_mode(stream_to_client, aggregate_window_sec, level)
+            return view
+        view = await _view_factory(
+            self._nursery, self, sink=sink, stream_to_client=stream_to_client,
+            aggregate_window_sec=aggregate_window_sec, level=level,
+        )
+        self._views.append(view)
+        return view
+
+    async def _flush_files(self, timeout: float) -> None:
+        """Host barrier on every rank: what the children printed so far reaches the files."""
+        waiting = [rp for rp in self._ranks if not rp.drained.is_set()]
+        done = trio.Event()
+        remaining = len(waiting)
+
+        def one_done() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                done.set()
+
+        for rp in waiting:
+            rp.barrier(one_done)
+        with trio.move_on_after(timeout):
+            if waiting:
+                await done.wait()
+
+    async def _stop_children(self, grace: float) -> None:
+        running = [rp for rp in self._ranks if rp.returncode.value is None]
+        if not running:
+            return
+        for rp in running:
+            _signal_group(rp.process, signal.SIGTERM)
+            _signal_group(rp.process, signal.SIGCONT)  # a stopped child must see the SIGTERM
+        with trio.move_on_after(grace):
+            for rp in running:
+                await rp.exited.wait()
+        for rp in running:
+            if not rp.exited.is_set():
+                _signal_group(rp.process, signal.SIGKILL)
+        with trio.move_on_after(grace):
+            for rp in running:
+                await rp.exited.wait()
+
+
+def _signal_group(process: trio.Process, sig: int) -> None:
+    # Each child leads its own process group (start_new_session): signal its descendants too.
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            process.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a positive number, not {value!r}")
+
+
+@asynccontextmanager
+async def open_proc_mesh(
+    cmd: Sequence[str | os.PathLike[str]],
+    procs: int = 1,
+    *,
+    env: Mapping[str, str | None] | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    python: bool | None = None,
+    mirror: bool = False,
+    drop_policy: Policy = "drop",
+    buffer_bytes: int = 4 * 1024 * 1024,
+    partial_idle: float = 0.2,
+    flush_interval: float = 0.02,
+    grace: float = 5.0,
+    announce: bool = True,
+    log_level: int | str | None = None,
+    max_line: int = MAX_LINE,
+    progress_interval: float = PROGRESS_INTERVAL,
+    drain_timeout: float = DRAIN_TIMEOUT,
+    agent_timeout: float = AGENT_TIMEOUT,
+) -> AsyncIterator[ProcMesh]:
+    """Start ``procs`` copies of ``cmd`` on this host and capture their output.
+
+    Each child gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` and
+    ``BOOTSTRAP_LOG_CHANNEL`` in its environment (``env`` adds to the driver's environment; a
+    value of ``None`` removes a variable).  Python children (``python=None`` detects them from
+    ``cmd``) run logmesh's agent, which flushes their buffers for exact barriers and sets their
+    logging level; it carries no log bytes.  Every byte goes to ``<run_dir>/rank-N.stdout.log``
+    / ``.stderr.log``; ``run_dir`` is ``log_dir`` or a new directory under ``$LOGMESH_LOG_DIR``
+    (default: the temp dir), printed once on stderr when ``announce``.  ``mirror`` copies the
+    children's bytes to this process's own stdout and stderr (for a host that is not the
+    driver; off by default, so nothing prints twice).
+
+    ``drop_policy``: when the live view falls behind by more than ``buffer_bytes`` for a rank,
+    ``"drop"`` drops the oldest lines of the live view (counted and reported; the files keep
+    everything), ``"block"`` stops reading that child's pipes until the view catches up.
+
+    Limits: a line longer than ``max_line`` bytes is cut in the live view; a line without its
+    newline yet is shown after ``partial_idle`` seconds without more bytes; a ``\\r``-redrawn
+    line (a progress bar) shows its latest state at most every ``progress_interval`` seconds;
+    Python children flush ``sys.stdout``/``sys.stderr`` every ``flush_interval`` seconds (0:
+    never, only for barriers); barriers wait at most ``agent_timeout`` seconds for a Python
+    child's agent to start; an exited child's pipes held open and silent by a descendant are
+    given up after ``drain_timeout`` seconds.  ``log_level`` is the root Python logging level
+    the Python children start with.
+
+    Leaving the block flushes clients made by :meth:`ProcMesh.logging_option` and the files,
+    then stops the children still running: SIGTERM, then SIGKILL after ``grace`` seconds.
+
+    Raises ``ValueError`` for bad arguments and ``OSError`` if a file cannot be opened or a
+    child cannot be started (no child is left behind then).
+    """
+    cmd = [os.fspath(c) for c in cmd]
+    if not cmd:
+        raise ValueError("cmd must name a program")
+    if isinstance(procs, bool) or not isinstance(procs, int) or procs < 1:
+        raise ValueError(f"procs must be a positive integer, not {procs!r}")
+    if drop_policy not in ("drop", "block"):
+        raise ValueError(f"drop_policy must be 'drop' or 'block', not {drop_policy!r}")
+    if buffer_bytes < 64 * 1024:
+        raise ValueError("buffer_bytes must be at least 64 KiB")
+    if isinstance(max_line, bool) or not isinstance(max_line, int) or max_line < 80:
+        raise ValueError(f"max_line must be an integer of at least 80 bytes, not {max_line!r}")
+    _check_positive(partial_idle=partial_idle, grace=grace, progress_interval=progress_interval,
+                    drain_timeout=drain_timeout, agent_timeout=agent_timeout)
+    if not (isinstance(flush_interval, (int, float)) and flush_interval >= 0):
+        raise ValueError(f"flush_interval must be >= 0 seconds, not {flush_interval!r}")
+    level = None
+    if log_level is not None:
+        level = level_number(log_level)
+    agent = (is_python_command(cmd[0]) if python is None else python) and runs_site(cmd)
+    if agent:
+        compile_child_modules()
+    token = secrets.token_bytes(w.TOKEN_SIZE)
+    run_dir = make_run_dir(log_dir)
+    sock_dir = tempfile.mkdtemp(prefix="logmesh-")  # 0700: only this user may connect
+    channel = os.path.join(sock_dir, "agents.sock")
+    mesh = ProcMesh(procs, run_dir, socket.gethostname())
+    processes: list[trio.Process] = []
+    appenders: list[tuple[FileAppender, FileAppender]] = []
+    lsock = None
+    try:
+        # Everything that can fail on bad input (the files, the program) fails here, as a
+        # plain exception, before any task runs.
+        lsock = _agents.listen(channel, backlog=max(128, procs))
+        for rank in range(procs):
+            paths = mesh.log_files(rank)
+            out = FileAppender(paths[0])
+            try:
+                appenders.append((out, FileAppender(paths[1])))
+            except BaseException:
+                out.close()
+                raise
+            child = child_env(env, rank=rank, size=procs, channel=channel, run_dir=run_dir,
+                              agent=agent, token=token, flush_interval=flush_interval,
+                              level=level)
+            processes.append(await trio.lowlevel.open_process(
+                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, env=child, start_new_session=True,
+            ))
+    except BaseException:
+        for p in processes:
+            _signal_group(p, signal.SIGKILL)
+        with trio.CancelScope(shield=True):
+            for p in processes:
+                await p.wait()
+        for pair in appenders:
+            for a in pair:
+                a.close()
+        if lsock is not None:
+            lsock.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+        raise
+    if announce:
+        sys.stderr.write(f"logmesh: {procs} rank(s), logs in {run_dir}\n")
+        sys.stderr.flush()
+    mirrors = (sys.stdout.buffer, sys.stderr.buffer) if mirror else (None, None)
+    actors: list[LogForwardActor] = []
+    read_buffer = ReadBuffer()
+    for rank, process in enumerate(processes):
+        outbox = RankOutbox(limit_bytes=buffer_bytes, policy=drop_policy)
+        assert process.stdout is not None and process.stderr is not None
+        fwds = tuple(
+            StreamFwder(i, pipe, outbox, appenders[rank][i], mirrors[i],  # type: ignore[arg-type]
+                        partial_idle, splitter=LineSplitter(max_line, progress_interval),
+                        read_buffer=read_buffer)
+            for i, pipe in enumerate((process.stdout, process.stderr))
+        )
+        mesh._ranks.append(RankProc(rank, process, outbox, fwds, appenders[rank],  # type: ignore[arg-type]
+                                    "awaited" if agent else "none", level=level))
+        actors.append(LogForwardActor(rank, outbox))
+    forwarders = mesh._forwarders = Forwarders(mesh._ranks, actors, mesh.hostname)
+    for rank, rp in enumerate(mesh._ranks):
+        rp.outbox.on_ready = lambda rank=rank: forwarders.on_ready(rank)  # type: ignore[misc]
+
+    def on_agent(link: _agents.AgentLink) -> Callable[[_agents.AgentLink, int], None] | None:
+        if not 0 <= link.conn.rank < procs:
+            return None
+        return mesh._ranks[link.conn.rank].agent_connected(link)
+
+    def on_lost(link: _agents.AgentLink) -> None:
+        mesh._ranks[link.conn.rank].agent_lost(link)
+
+    body_error: BaseException | None = None
+    errors: list[BaseException] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            mesh._nursery = nursery
+            try:
+                await nursery.start(_agents.serve_agents, lsock, token, on_agent, on_lost)
+                for rp in mesh._ranks:
+                    await nursery.start(rp.run, agent_timeout, drain_timeout)
+                try:
+                    yield mesh
+                except BaseException as exc:
+                    body_error = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    await _teardown(mesh, grace)
+                nursery.cancel_scope.cancel()
+    except BaseException as exc:  # our tasks' failures (a user's sink, typically)
+        errors = leaf_errors(exc)
+        if not errors and body_error is None:
+            raise
+    finally:
+        mesh._nursery = None
+        mesh._forwarders = None
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    for rp in mesh._ranks:
+        for error in rp.file_errors:
+            errors.append(LogmeshError(f"closing a log file of rank {rp.rank} failed: {error}"))
+    raise_this = surface(body_error, errors)
+    if raise_this is not None:
+        raise raise_this
+
+
+async def _teardown(mesh: ProcMesh, grace: float) -> None:
+    for view in mesh._views:
+        try:
+            await view.flush(timeout=grace)
+        except LogmeshError:  # timed out, or the client was closed already
+            pass
+    for rp in mesh._ranks:
+        rp.outbox.set_policy("drop")  # from here on nothing may hold the pipes back
+    await mesh._flush_files(timeout=grace)
+    await mesh._stop_children(grace)
+    with trio.move_on_after(grace):
+        for rp in mesh._ranks:
+            await rp.drained.wait()
+    for view in mesh._views:
+        with trio.move_on_after(grace):
+            await view.wait_finished()

@@ -1,0 +1,235 @@
+"""RankProc: one child of the mesh -- its process, its pipes, its outbox and its barrier.
+
+The barrier on the host, :meth:`RankProc.barrier`: every byte the child wrote before the call
+ends up in the outbox and the files, then ``done()`` runs.  When the child's agent is
+connected (a Python child), it first flushes Python and C stdio (``FORCE_SYNC_FLUSH`` ->
+``FLUSHED``); then -- or at once, for other children -- both StreamFwders cut their pipe at what
+it holds (``FIONREAD``) and report once they have read past it.  A barrier asked before the
+agent connected waits for it, for the child's exit, or for ``agent_timeout``; one asked of an
+agent that goes away is cut without it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import attrs
+import trio
+import trio_util
+
+from ._agents import AgentLink
+from ._outbox import RankOutbox
+from ._stream import FileAppender, StreamFwder, pipe_pending
+
+AgentState = Literal["awaited", "connected", "none"]
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state of ``pid`` from ``/proc`` (``"T"`` stopped, ...); ``""`` if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+@attrs.define(eq=False)
+class RankProc:
+    """One child of the mesh; see the module docstring."""
+
+    rank: int
+    process: trio.Process
+    outbox: RankOutbox
+    fwds: tuple[StreamFwder, StreamFwder]
+    appenders: tuple[FileAppender, FileAppender]
+    agent_state: AgentState
+    agent: AgentLink | None = None
+    #: The logging level the view asked for; sent to the agent when it connects.
+    level: int | None = None
+    returncode: trio_util.AsyncValue[int | None] = attrs.field(
+        factory=lambda: trio_util.AsyncValue(None)
+    )
+    exited: trio.Event = attrs.field(factory=trio.Event)
+    drained: trio.Event = attrs.field(factory=trio.Event)
+    #: Errors closing the rank's files (reported by the mesh when it closes).
+    file_errors: list[OSError] = attrs.field(factory=list)
+    _agent_settled: trio.Event = attrs.field(factory=trio.Event)
+    _waiting: list[Callable[[], None]] = attrs.field(factory=list)
+    _asked: dict[int, tuple[float, Callable[[], None]]] = attrs.field(factory=dict)
+    _next_request: int = 1
+    _cutting: int = 0
+    _exit_appended: bool = False
+
+    # -- the barrier ---------------------------------------------------------------------
+    def barrier(self, done: Callable[[], None]) -> None:
+        """Call ``done()`` once every byte written before now is in the outbox and files."""
+        if self.agent is not None:
+            request = self._next_request
+            self._next_request += 1
+            self._asked[request] = (trio.current_time(), done)
+            self.agent.send(self.agent.conn.force_sync_flush(request))
+        elif self.agent_state == "awaited":
+            self._waiting.append(done)
+        else:
+            self._cut(done)
+
+    def _cut(self, done: Callable[[], None]) -> None:
+        remaining = len(self.fwds)
+        self._cutting += 1
+
+        def one_done() -> None:
+            nonlocal remaining
+            remaining -= 1
+            if remaining == 0:
+                self._cutting -= 1
+                done()
+
+        for fwd in self.fwds:
+            fwd.cut(one_done)
+
+    def set_level(self, level: int) -> None:
+        """Set the child's root logging level (now, or when its agent connects)."""
+        self.level = level
+        if self.agent is not None:
+            self.agent.send(self.agent.conn.set_level(level))
+
+    # -- the agent -------------------------------------------------------------------------
+    def agent_connected(self, link: AgentLink) -> Callable[[AgentLink, int], None] | None:
+        """A hello for this rank: take the link (it replaces an older one, and a late agent is
+        still welcome); ``None`` refuses it because the process has exited."""
+        if self.exited.is_set():
+            return None
+        old, self.agent = self.agent, link
+        self.agent_state = "connected"
+        self._agent_settled.set()
+        if old is not None:
+            old.close()  # its reader reports it lost, which cuts what it was asked
+        if self.level is not None:
+            link.send(link.conn.set_level(self.level))
+        waiting, self._waiting = self._waiting, []
+        for done in waiting:
+            self.barrier(done)
+        return self._agent_flushed
+
+    def _agent_flushed(self, link: AgentLink, request: int) -> None:
+        entry = self._asked.pop(request, None)
+        if entry is not None:
+            self._cut(entry[1])
+
+    def agent_lost(self, link: AgentLink) -> None:
+        """An accepted agent link closed: cut, without it, the barriers it was asked."""
+        for request in link.conn.outstanding:
+            entry = self._asked.pop(request, None)
+            if entry is not None:
+                self._cut(entry[1])
+        if link is self.agent:
+            self.agent = None
+            self.agent_state = "none"
+
+    def _settle_without_agent(self) -> None:
+        if self.agent_state == "awaited":
+            self.agent_state = "none"
+        self._agent_settled.set()
+        waiting, self._waiting = self._waiting, []
+        for done in waiting:
+            self._cut(done)
+
+    # -- liveness --------------------------------------------------------------------------
+    def describe(self) -> str:
+        """Why this rank may not have answered a barrier yet, as well as the host can tell."""
+        if self.drained.is_set():
+            return "its output has ended"
+        if self.exited.is_set():
+            return "exited; its pipes are still being read (a descendant holds them open?)"
+        if process_state(self.process.pid) in ("T", "t"):
+            return "is stopped (SIGSTOP, Ctrl-Z or a debugger)"
+        if self.agent_state == "awaited":
+            return "its Python process has not started logmesh's agent yet"
+        if self._asked:
+            since = trio.current_time() - min(t for t, _ in self._asked.values())
+            return f"did not answer the flush request for {since:.1f} s (busy or blocked)"
+        if self._cutting:
+            if self.outbox.policy == "block" and self.outbox.held_bytes > self.outbox.limit_bytes:
+                return "is held back: the live view is behind and the drop policy is 'block'"
+            return "its pipes are not read up to the barrier yet"
+        return "its output up to the barrier has not reached the view yet"
+
+    # -- the task --------------------------------------------------------------------------
+    async def run(
+        self,
+        agent_timeout: float,
+        drain_timeout: float,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Read the pipes, wait for the process, read its last output, end the stream.
+
+        Ends once the process exited and its pipes reached EOF (or were given up after
+        ``drain_timeout`` seconds of silence from a descendant holding them).  Cancelled, it
+        still ends the rank's stream with an ``Exit`` frame.  The files are closed either way.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                read_scope = trio.CancelScope()
+                readers_done = trio.Event()
+
+                async def read_pipes() -> None:
+                    try:
+                        with read_scope:
+                            async with trio.open_nursery() as readers:
+                                for fwd in self.fwds:
+                                    readers.start_soon(fwd.run)
+                    finally:
+                        readers_done.set()
+
+                nursery.start_soon(read_pipes)
+                if self.agent_state == "awaited":
+                    nursery.start_soon(self._await_agent, agent_timeout)
+                task_status.started()
+                code = await self.process.wait()
+                self.returncode.value = code
+                self.exited.set()
+                self._settle_without_agent()
+                if self.agent is not None:
+                    # The process is gone: whatever still holds its socket open (a forked
+                    # descendant) is not its agent.
+                    self.agent.close()
+                await _drain_after_exit(self.fwds, drain_timeout)
+                read_scope.cancel()
+                await readers_done.wait()  # their held partial lines are in the outbox now
+                self._append_exit(code)
+                self.drained.set()
+                nursery.cancel_scope.cancel()
+        finally:
+            code = self.returncode.value
+            self._append_exit(code if code is not None else -9)
+            for appender in self.appenders:
+                error = appender.close()
+                if error is not None:
+                    self.file_errors.append(error)
+
+    def _append_exit(self, code: int) -> None:
+        if not self._exit_appended:
+            self._exit_appended = True
+            self.outbox.append_exit(code)
+
+    async def _await_agent(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            await self._agent_settled.wait()
+        self._settle_without_agent()
+
+
+async def _drain_after_exit(fwds: tuple[StreamFwder, StreamFwder], timeout: float) -> None:
+    """Read the pipes of an exited child to EOF.  Give up only when a descendant keeps them
+    open but silent: nothing read and nothing waiting in them for ``timeout`` seconds.
+    (Back-pressure from a slow live view can slow draining down; it never cuts it short.)"""
+    last = [f.offset for f in fwds]
+    quiet_since = trio.current_time()
+    while not all(f.eof for f in fwds):
+        await trio.sleep(0.05)
+        now = [f.offset for f in fwds]
+        waiting = any(not f.eof and pipe_pending(f.pipe.fileno()) for f in fwds)
+        if now != last or waiting:
+            last, quiet_since = now, trio.current_time()
+        elif trio.current_time() - quiet_since >= timeout:
+            return

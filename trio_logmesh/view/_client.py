@@ -1,0 +1,564 @@
+"""LoggingMeshClient: the driver's view of a mesh -- live output, aggregation, the barrier.
+
+The seed's LogClientActor with the LoggingMeshClient control surface.  Its tasks live in one
+nursery (the caller's, with :meth:`LoggingMeshClient.spawn`; its own, with
+:func:`open_logging_client`):
+
+* the mesh's serve loop, delivering every rank's frames on a bounded memory channel;
+* the view task: ``Log`` frames become :class:`LogLines` (through the aggregator when a window
+  is set), ``Mark(v)`` becomes rank's acknowledgement of barrier ``v``, ``Exit`` the exit
+  notice -- all in order, onto a second bounded channel;
+* the sink task: ``sink.emit()`` of what that channel holds, then the acknowledgements that
+  were behind it, so a rank counts for a barrier only once everything before its marker was
+  emitted;
+* the window timer, printing aggregated summaries when their window closes.
+
+A slow sink slows the sink task only: the channels fill, the host's outboxes hold the rest
+(and under the ``"drop"`` policy drop the oldest lines from the live view, counted), while the
+pipe readers and the files go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from .._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError, leaf_errors, surface
+from .._levels import level_number
+from ..protocol._frames import Exit, Log, Mark
+from ._aggregate import Aggregator
+from ._decode import RankState
+from ._port import Delivery, MeshPort, ViewLink
+from ._records import Notice, Output
+from ._sinks import Sink, make_sink
+
+#: Deliveries (each up to about 1 MiB) waiting for the view task, and output batches waiting
+#: for the sink: together they bound what is in flight between the host and the sink.
+INBOX_SIZE = 4
+SINK_QUEUE_SIZE = 16
+
+
+def check_mode(
+    stream_to_client: bool, aggregate_window_sec: float | None, level: int | str
+) -> int:
+    """Validate ``set_mode`` arguments; return the numeric level.
+
+    Raises ``ValueError`` for a window without streaming (the seed's constraint) or a window
+    that is not a positive number, and ``TypeError``/``ValueError`` for a bad level.
+    """
+    if aggregate_window_sec is not None:
+        if not stream_to_client:
+            raise ValueError(
+                "aggregate_window_sec needs stream_to_client=True: there is nothing to "
+                "aggregate when output is not streamed to the client"
+            )
+        if isinstance(aggregate_window_sec, bool) or not (
+            isinstance(aggregate_window_sec, (int, float)) and aggregate_window_sec > 0
+            and math.isfinite(aggregate_window_sec)
+        ):
+            raise ValueError(
+                f"aggregate_window_sec must be a positive number of seconds or None, "
+                f"not {aggregate_window_sec!r}"
+            )
+    return level_number(level)
+
+
+# -- what travels on the sink channel besides output ---------------------------------------
+@attrs.frozen
+class _Ack:
+    rank: int
+    version: int
+
+
+@attrs.frozen
+class _Ended:
+    rank: int
+
+
+@attrs.frozen
+class _Wake:
+    event: trio.Event
+
+
+_Signal = _Ack | _Ended | _Wake
+
+
+@attrs.define(eq=False)
+class _Barrier:
+    version: int
+    pending: set[int]
+    #: Ranks whose marker the view task has handled (their output may still wait for the sink).
+    seen: set[int] = attrs.field(factory=set)
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+class LoggingMeshClient(trio.abc.AsyncResource):
+    """The driver-side control surface (Monarch's ``LoggingMeshClient``).
+
+    Create it with :meth:`spawn` (its tasks live in the nursery you pass) or
+    :func:`open_logging_client` (it owns its nursery).  Its tasks end by themselves once every
+    rank has exited and its output was delivered, or at :meth:`aclose` (``async with client``
+    does that too).  A mesh has one live view: a newer client takes the ranks over, and this
+    one ends (its :meth:`flush` then raises :class:`~trio_logmesh.ClientReplaced`).
+    """
+
+    #: Seconds :meth:`aclose` (and the end of the client) may spend printing what the
+    #: aggregator still holds into a slow sink before giving up on it.
+    close_timeout: float = 5.0
+
+    def __init__(self, mesh: MeshPort, sink: Sink, ranks: Iterable[int] | None = None) -> None:
+        self._mesh = mesh
+        self._sink = sink
+        size = mesh.size
+        self._shown = None if ranks is None else frozenset(ranks)
+        if self._shown is not None and not self._shown <= set(range(size)):
+            bad = sorted(self._shown - set(range(size)))
+            raise ValueError(f"ranks {bad} are not in a mesh of {size}")
+        self._states = [RankState(r) for r in range(size)]
+        self._link: ViewLink | None = None
+        self._barriers: dict[int, _Barrier] = {}
+        self._stream_to_client = True
+        self._level: int | None = None
+        self._across_ranks_only = False
+        self._aggregator: Aggregator | None = None
+        self._agg_changed = trio.Event()
+        #: Output produced by a mode change (sync), emitted before anything after it.
+        self._pending_out: list[Output | _Signal] = []
+        self._sink_send: trio.MemorySendChannel[list[Output | _Signal]] | None = None
+        self._sink_failed = False
+        self._scope: trio.CancelScope | None = None
+        self._done = trio.Event()
+
+    # -- public API ----------------------------------------------------------------------
+    @classmethod
+    async def spawn(
+        cls,
+        nursery: trio.Nursery,
+        mesh: MeshPort,
+        *,
+        sink: object = None,
+        ranks: Iterable[int] | None = None,
+    ) -> LoggingMeshClient:
+        """Start a client for ``mesh`` whose tasks live in ``nursery``; return it ready to use.
+
+        ``sink`` is where output goes: ``None`` for the terminal (each line on the driver's
+        stdout or stderr, like the child's), or a file, a callable, a ``trio.MemorySendChannel``
+        or a :class:`~trio_logmesh.Sink`.  ``ranks`` shows only those ranks' lines live (the
+        others are not even sent; files keep everything; barriers still cover every rank).
+        Raises ``ValueError`` for ranks outside the mesh, ``TypeError`` for a bad sink and
+        :class:`~trio_logmesh.LogmeshError` for a closed mesh.
+        """
+        client = cls(mesh, make_sink(sink), ranks)
+        await nursery.start(client._run)
+        return client
+
+    def set_mode(
+        self,
+        stream_to_client: bool = True,
+        aggregate_window_sec: float | None = None,
+        level: int | str = logging.INFO,
+        *,
+        across_ranks_only: bool = False,
+    ) -> None:
+        """Turn streaming on/off, set the aggregation window, set the children's log level.
+
+        ``aggregate_window_sec=None`` prints every line at once; a number of seconds groups
+        similar lines per window (see the aggregator).  ``across_ranks_only=True`` groups only
+        lines of different ranks, never one rank's own repeats.  ``level`` becomes the root
+        logging level in every Python child; it is in force in a child before any later
+        ``flush()`` returns.  Raises ``ValueError`` for a window while ``stream_to_client`` is
+        False.  Does nothing more on a closed client.
+        """
+        number = check_mode(stream_to_client, aggregate_window_sec, level)
+        self._stream_to_client = stream_to_client
+        self._level = number
+        if across_ranks_only != self._across_ranks_only and self._aggregator is not None:
+            # A different grouping rule: print what the old one holds, start afresh.
+            self._pending_out.extend(self._aggregator.drain(trio.current_time()))
+            self._aggregator = None
+        self._across_ranks_only = across_ranks_only
+        self._set_window(aggregate_window_sec)
+        link = self._link
+        if link is None or self._done.is_set():
+            return
+        for st in self._states:
+            streams = self._streams(st.rank)
+            if not streams:
+                st.resync = True
+            if not st.finished:
+                link.set_streaming(st.rank, streams)
+                link.set_level(st.rank, number)
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until every byte each child wrote before this call has reached the sink.
+
+        That includes output still in the child's ``sys.stdout`` buffer or C stdio, in the
+        pipe, or a partial line (delivered as such).  A rank that has exited counts once its
+        pipes reached EOF and that output was delivered.  Pending aggregated groups are printed
+        before it returns.  Concurrent flushes each complete.
+
+        Raises :class:`~trio_logmesh.FlushTimeout` (with ``missing_ranks`` and ``reasons``) if
+        ``timeout`` seconds pass first, :class:`~trio_logmesh.ClientClosed` on a client closed
+        while ranks still ran and :class:`~trio_logmesh.ClientReplaced` on a client whose
+        ranks a newer one took over.  Cancelling it abandons only this barrier.
+        """
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
+            raise ValueError(f"timeout must be None or a number >= 0, not {timeout!r}")
+        self._check_open()
+        link = self._link
+        assert link is not None
+        if self._done.is_set():
+            return  # every rank's output ended and was delivered: nothing to wait for
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        version = link.new_version()
+        pending = {st.rank for st in self._states if not st.ended}
+        barrier = self._barriers[version] = _Barrier(version, pending)
+        try:
+            for r in sorted(pending):
+                if not self._states[r].finished:
+                    link.force_sync_flush(r, version)
+            if not pending:
+                barrier.done.set()
+            with trio.move_on_at(deadline):
+                await barrier.done.wait()
+            self._check_open()
+            if barrier.pending:
+                missing = sorted(barrier.pending)
+                reasons = {
+                    r: "its output up to the barrier is waiting for the sink (a slow or "
+                    "stalled output?)" if r in barrier.seen else link.describe(r)
+                    for r in missing
+                }
+                raise FlushTimeout(version, missing, timeout or 0.0, reasons)
+            agg = self._aggregator
+            if agg is not None:
+                held = agg.drain(trio.current_time())
+                if held:
+                    emitted = trio.Event()
+                    with trio.move_on_at(deadline):
+                        await self._emit([*held, _Wake(emitted)])
+                        await emitted.wait()
+                    self._check_open()
+                    if not emitted.is_set():
+                        raise FlushTimeout(version, [], timeout or 0.0)
+        finally:
+            del self._barriers[version]
+
+    async def aclose(self) -> None:
+        """Print what the aggregator holds and stop the client's tasks.
+
+        Bounded by ``close_timeout`` when the sink is stalled.  Idempotent.
+        """
+        if self._scope is not None:
+            self._scope.cancel()
+        await self._done.wait()
+
+    async def wait_finished(self) -> None:
+        """Wait until every rank's output has ended (its exit was reported) and the client's
+        tasks are done; pending aggregated groups are printed first."""
+        await self._done.wait()
+
+    @property
+    def exit_codes(self) -> list[int | None]:
+        """Exit codes as reported behind each rank's last line (None until then)."""
+        return [st.exit_code for st in self._states]
+
+    # -- internals -------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        link = self._link
+        if link is not None and link.replaced.is_set():
+            raise ClientReplaced("a newer client took this mesh's live view over")
+        if self._done.is_set() and not all(st.ended for st in self._states):
+            raise ClientClosed("this client is closed (aclose() or its nursery ended)")
+
+    def _streams(self, rank: int) -> bool:
+        return self._stream_to_client and (self._shown is None or rank in self._shown)
+
+    def _set_window(self, window: float | None) -> None:
+        now = trio.current_time()
+        agg = self._aggregator
+        if window is None:
+            if agg is not None:  # what it holds is printed before any later line
+                self._pending_out.extend(agg.drain(now))
+                self._aggregator = None
+        elif agg is None:
+            self._aggregator = Aggregator(window, across_ranks_only=self._across_ranks_only)
+        elif agg.window != window:
+            self._pending_out.extend(agg.set_window(window, now))
+        self._agg_changed.set()
+
+    async def _emit(self, items: Sequence[Output | _Signal]) -> None:
+        # Every producer (view task, window timer, flush) computes its items and sends them
+        # without another checkpoint in between; a memory channel queues blocked senders in
+        # order, so the sink sees output in the order it was produced.
+        if self._pending_out:
+            items = [*self._pending_out, *items]
+            self._pending_out.clear()
+        if items and self._sink_send is not None:
+            await self._sink_send.send(list(items))
+
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        inbox_send, inbox_recv = trio.open_memory_channel[Delivery](INBOX_SIZE)
+        sink_send, sink_recv = trio.open_memory_channel[list[Output | _Signal]](SINK_QUEUE_SIZE)
+        self._sink_send = sink_send
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._sink_task, sink_recv)
+                    self._link = await nursery.start(self._serve, inbox_send)
+                    for st in self._states:
+                        st.hostname, st.pid = self._link.origin(st.rank)
+                    nursery.start_soon(self._window_timer)
+                    task_status.started()
+                    await self._view_task(inbox_recv)
+                    # Every rank ended (or a newer client took over): empty the queue first.
+                    if not self._link.replaced.is_set():
+                        agg = self._aggregator
+                        emitted = trio.Event()
+                        held = agg.drain(trio.current_time()) if agg is not None else []
+                        await self._emit([*held, _Wake(emitted)])
+                        await emitted.wait()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A task of ours failed -- the user's sink raised, typically: that error as itself,
+            # not wrapped in our nursery's group.
+            errors = leaf_errors(group)
+            if len(errors) == 1:
+                raise errors[0] from None
+            raise
+        finally:
+            self._sink_send = None
+            with trio.CancelScope(shield=True):
+                await self._emit_leftovers(sink_recv)
+            self._done.set()
+            for barrier in self._barriers.values():  # nobody will answer them any more
+                barrier.done.set()
+
+    async def _serve(
+        self,
+        inbox: trio.MemorySendChannel[Delivery],
+        task_status: trio.TaskStatus[ViewLink] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # Closing the inbox when the serve loop ends (a newer client replaced this one) ends
+        # the view task.
+        async with inbox:
+            await self._mesh.serve_view(inbox, task_status=task_status)
+
+    async def _emit_leftovers(self, recv: trio.MemoryReceiveChannel[list[Output | _Signal]]) -> None:
+        """At the end: what the sink task did not get to, and the aggregator's held lines,
+        straight to the sink (bounded by ``close_timeout``; never into a sink that raised)."""
+        items: list[Output] = []
+        while True:
+            try:
+                entry = recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            items.extend(x for x in entry if not isinstance(x, (_Ack, _Ended, _Wake)))
+        items.extend(x for x in self._pending_out if not isinstance(x, (_Ack, _Ended, _Wake)))
+        self._pending_out.clear()
+        agg = self._aggregator
+        if agg is not None:
+            items.extend(agg.drain(trio.current_time()))
+        if items and not self._sink_failed:
+            with trio.move_on_after(self.close_timeout):
+                await self._sink.emit(items)
+
+    async def _view_task(self, inbox: trio.MemoryReceiveChannel[Delivery]) -> None:
+        link = self._link
+        assert link is not None
+        states = self._states
+        async for delivery in inbox:
+            if link.replaced.is_set():
+                return
+            out: list[Output | _Signal] = []
+            for rank, frames in delivery:
+                st = states[rank]
+                for frame in frames:
+                    if frame.seq <= st.last_seq:
+                        continue  # handled before (a replay)
+                    if isinstance(frame, Log):
+                        self._log(st, frame, out)
+                    elif isinstance(frame, Mark):
+                        barrier = self._barriers.get(frame.version)
+                        if barrier is not None:
+                            barrier.seen.add(rank)
+                        out.append(_Ack(rank, frame.version))
+                    elif isinstance(frame, Exit):
+                        st.finished = True
+                        st.exit_code = frame.code
+                        if frame.code != 0:
+                            out.append(Notice("stderr", _exit_text(rank, frame.code), rank,
+                                              time.time()))
+                        out.append(_Ended(rank))
+                    st.last_seq = frame.seq
+            await self._emit(out)
+            for rank, frames in delivery:
+                link.confirm(rank, frames[-1].seq)
+            if all(st.finished for st in states):
+                return
+
+    def _log(self, st: RankState, frame: Log, out: list[Output | _Signal]) -> None:
+        if not self._streams(st.rank):
+            # Sent before the host saw our set_streaming(False): not for the live view.
+            st.resync = True
+            return
+        lines = st.decode(frame, out)  # type: ignore[arg-type]
+        if lines is None:
+            return
+        agg = self._aggregator
+        if agg is None:
+            out.append(lines)
+            return
+        before = agg.next_deadline()
+        out.extend(agg.add(lines, trio.current_time()))
+        if agg.next_deadline() != before:
+            self._agg_changed.set()
+
+    async def _sink_task(self, recv: trio.MemoryReceiveChannel[list[Output | _Signal]]) -> None:
+        sink = self._sink
+        try:
+            async for entry in recv:
+                entries = [entry]
+                while True:  # everything queued goes out in one emit
+                    try:
+                        entries.append(recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                items: list[Output] = []
+                signals: list[_Signal] = []
+                for e in entries:
+                    for x in e:
+                        if isinstance(x, (_Ack, _Ended, _Wake)):
+                            signals.append(x)
+                        else:
+                            items.append(x)
+                if items:
+                    await sink.emit(items)
+                for s in signals:
+                    self._apply(s)
+        except BaseException as exc:
+            if not isinstance(exc, trio.Cancelled):
+                self._sink_failed = True
+            raise
+
+    def _apply(self, signal_: _Signal) -> None:
+        if isinstance(signal_, _Ack):
+            barrier = self._barriers.get(signal_.version)
+            if barrier is not None:
+                self._acked(barrier, signal_.rank)
+        elif isinstance(signal_, _Ended):
+            self._states[signal_.rank].ended = True
+            for barrier in list(self._barriers.values()):
+                self._acked(barrier, signal_.rank)
+        else:
+            signal_.event.set()
+
+    @staticmethod
+    def _acked(barrier: _Barrier, rank: int) -> None:
+        barrier.pending.discard(rank)
+        if not barrier.pending:
+            barrier.done.set()
+
+    async def _window_timer(self) -> None:
+        """Prints aggregated summaries when their window closes (and mode-change output)."""
+        while True:
+            await self._emit([])
+            agg = self._aggregator
+            deadline = agg.next_deadline() if agg is not None else None
+            self._agg_changed = trio.Event()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._agg_changed.wait()
+            agg = self._aggregator
+            if agg is not None:
+                await self._emit(agg.expire(trio.current_time()))
+
+    async def _notice(self, text: str) -> None:
+        await self._emit([Notice("stderr", text, None, time.time())])
+
+    @classmethod
+    async def _for_mesh(
+        cls,
+        nursery: trio.Nursery,
+        mesh: MeshPort,
+        *,
+        sink: object,
+        stream_to_client: bool,
+        aggregate_window_sec: float | None,
+        level: int | str,
+    ) -> LoggingMeshClient:
+        """The client of ``mesh.logging_option(...)``: validated before anything starts."""
+        check_mode(stream_to_client, aggregate_window_sec, level)
+        client = await cls.spawn(nursery, mesh, sink=sink)
+        client.set_mode(stream_to_client, aggregate_window_sec, level)
+        return client
+
+
+def _exit_text(rank: int, code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"rank {rank} was killed by {name}"
+    return f"rank {rank} exited with code {code}"
+
+
+@asynccontextmanager
+async def open_logging_client(
+    mesh: MeshPort,
+    *,
+    sink: object = None,
+    ranks: Iterable[int] | None = None,
+    stream_to_client: bool = True,
+    aggregate_window_sec: float | None = None,
+    level: int | str = logging.INFO,
+    across_ranks_only: bool = False,
+    exit_timeout: float = 5.0,
+) -> AsyncIterator[LoggingMeshClient]:
+    """A client for ``mesh`` that owns its nursery, in the mode given; see
+    :class:`LoggingMeshClient` for the arguments.
+
+    Leaving the block normally flushes (at most ``exit_timeout`` seconds; a rank that did not
+    answer is named in a notice on the sink) and closes the client; leaving it with an
+    exception only closes it.  The body's exception always surfaces; errors of the client's
+    tasks (a sink that raised) are attached to it.  Raises ``ValueError`` for a window without
+    streaming before anything starts.
+    """
+    check_mode(stream_to_client, aggregate_window_sec, level)
+    body_error: BaseException | None = None
+    errors: list[BaseException] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            client = await LoggingMeshClient.spawn(nursery, mesh, sink=sink, ranks=ranks)
+            client.set_mode(stream_to_client, aggregate_window_sec, level,
+                            across_ranks_only=across_ranks_only)
+            try:
+                yield client
+            except BaseException as exc:
+                body_error = exc
+            finally:
+                with trio.CancelScope(shield=True):
+                    if body_error is None:
+                        try:
+                            await client.flush(timeout=exit_timeout)
+                        except FlushTimeout as exc:
+                            with trio.move_on_after(exit_timeout):
+                                await client._notice(f"flush at the end of the client: {exc}")
+                        except LogmeshError:
+                            pass  # closed or replaced: nothing more to show
+                    await client.aclose()
+    except BaseException as exc:
+        errors = leaf_errors(exc)
+        if not errors and body_error is None:
+            raise
+    raise_this = surface(body_error, errors)
+    if raise_this is not None:
+        raise raise_this
