@@ -37,9 +37,8 @@ for step in range(3):
 async def main() -> None:
     tmp = tempfile.mkdtemp()
     async with lm.open_proc_mesh([sys.executable, "-c", WORKER, tmp], procs=4) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh)
-            client.set_mode(stream_to_client=True, aggregate_window_sec=None, level=logging.INFO)
+        # The client owns its tasks; leaving its block flushes it and closes it.
+        async with lm.open_logging_client(mesh, level=logging.INFO) as client:
             await trio.sleep(0.5)
             await client.flush()  # every "loading data ... done" line is on screen now
             print("driver: switching to a 1 s window and DEBUG level", flush=True)
@@ -47,9 +46,8 @@ async def main() -> None:
             await client.flush()  # the new level is in force in every rank
             open(os.path.join(tmp, "go"), "w").close()
             codes = await mesh.wait()
-            await client.flush()  # the last lines and the pending groups are printed
+            await client.flush()  # the last lines, the pending groups, the exit reports
             print(f"driver: exit codes {codes}", flush=True)
-            await client.wait_finished()
     print(f"driver: every byte is also in {mesh.run_dir}")
 
 

@@ -2,7 +2,7 @@
 
     python3 -m pytest examples/test_with_mock_clock.py
 
-Windows, heartbeats and timeouts in trio_logmesh run on trio's clock, so under MockClock a
+Windows and timeouts in trio_logmesh run on trio's clock, so under MockClock a
 60-second aggregation window passes in no real time.  The children are real processes, though:
 give the clock an ``autojump_threshold`` so it only jumps once the loop has been idle for a
 moment of real time, or it would jump past a child that simply has not printed yet.
@@ -25,12 +25,10 @@ async def run_and_summarize(cmd: list[str], procs: int, window: float) -> list[l
     """Run ``cmd`` on ``procs`` ranks with an aggregation window; return what was printed."""
     out: list[lm.Output] = []
     async with lm.open_proc_mesh(cmd, procs=procs, announce=False) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=out.append)
-            client.set_mode(stream_to_client=True, aggregate_window_sec=window)
+        async with lm.open_logging_client(mesh, sink=out.append,
+                                          aggregate_window_sec=window) as client:
             await mesh.wait()
             await client.flush()  # prints the groups still held by the window
-            await client.wait_finished()
     return out
 
 
@@ -65,6 +63,7 @@ async def test_flush_timeout_on_the_mock_clock(autojump_clock):
                 await client.flush(timeout=5)
         except lm.FlushTimeout as exc:
             assert exc.missing_ranks == [0]
+            assert exc.reasons[0].startswith("is stopped")
         else:
             raise AssertionError("flush should have timed out")
 

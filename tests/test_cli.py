@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from trio_logmesh._cli import exit_status, main, parse_ranks
+from trio_logmesh.cli._main import main, parse_ranks
+from trio_logmesh.cli._run import exit_status
 
 LOGMESH = [sys.executable, "-m", "trio_logmesh"]
 
@@ -223,3 +224,51 @@ def test_across_ranks_only_never_collapses_a_ranks_own_repeats(tmp_path):
     shown = sum(g["count"] for g in recs if g.get("group")) + sum(
         1 for r in recs if not r.get("group"))
     assert shown == 6
+
+
+def test_a_stdout_nobody_reads_never_holds_back_the_ranks_or_the_files(tmp_path):
+    # `logmesh run ... | something-that-never-reads`: the live view stalls on a full pipe, but
+    # the event loop does not, so the pipe readers, the files and the ranks go on.
+    lines = 200_000
+    child = ("import os, sys\nr = os.environ['RANK']\n"
+             "for i in range(int(sys.argv[1])):\n    print(f'rank {r} line {i} ' + 'x' * 20)\n"
+             "sys.stdout.flush()\n"
+             "with open(os.environ['READY'], 'w') as f:\n    f.write(f'done-{r}\\n')\n")
+    fifo = str(tmp_path / "ready.fifo")
+    os.mkfifo(fifo)
+    ready_fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    keep = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    unread_r, unread_w = os.pipe()
+    logs = tmp_path / "logs"
+    env = dict(os.environ, READY=fifo)
+    env.pop("PYTHONUNBUFFERED", None)
+    proc = subprocess.Popen(
+        LOGMESH + ["run", "-n", "2", "--no-window", "--drop-policy", "drop", "--log-dir",
+                   str(logs), "--", sys.executable, "-c", child, str(lines)],
+        stdout=unread_w, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    os.close(unread_w)
+    try:
+        got = b""
+        deadline = time.monotonic() + 60
+        while got.count(b"\n") < 2:
+            left = deadline - time.monotonic()
+            assert left > 0, f"the ranks did not finish with stdout unread: {got!r}"
+            if select.select([ready_fd], [], [], left)[0]:
+                got += os.read(ready_fd, 100)
+        assert sorted(got.split()) == [b"done-0", b"done-1"]
+        # The ranks have exited: the host reads their last bytes into the files right away.
+        expected = [sum(len(f"rank {r} line {i} {'x' * 20}\n") for i in range(lines))
+                    for r in range(2)]
+        sizes: list[int] = []
+        while time.monotonic() < deadline:
+            sizes = [os.path.getsize(logs / f"rank-{r}.stdout.log") for r in range(2)]
+            if sizes == expected:
+                break
+            time.sleep(0.05)
+        assert sizes == expected
+        assert proc.poll() is None  # logmesh itself is still trying to show the output
+    finally:
+        proc.kill()
+        proc.wait()
+        for fd in (ready_fd, keep, unread_r):
+            os.close(fd)

@@ -1,4 +1,4 @@
-"""The core guarantees with real processes and real sockets: exact barrier, crashes, timeouts."""
+"""The core guarantees with real processes: the exact barrier, crashes, timeouts, levels, files."""
 
 from __future__ import annotations
 
@@ -13,24 +13,26 @@ import trio
 
 import trio_logmesh as lm
 
-from .conftest import CHILD_ENV, PY, Collected, wait_for_files, wait_stopped
+from .conftest import CHILD_ENV, PY, READY_PY, Collected, wait_stopped
 
 LINES = 5000
 
-PY_PRINTER = r"""
+# Prints LINES lines and a partial line into sys.stdout's buffer (block-buffered, never
+# flushed by the child itself), says it is ready, and waits.
+PY_PRINTER = READY_PY + r"""
 import os, sys, time
 r = int(os.environ["RANK"])
 for i in range({lines}):
     print(f"rank {{r}} line {{i}}")
 print(f"partial-{{r}}", end="")
-open(os.path.join(sys.argv[1], f"ready-{{r}}"), "w").close()
+ready(f"ready-{{r}}")
 time.sleep(60)
 """
 
 BASH_PRINTER = r"""
 for i in $(seq 0 $(({lines} - 1))); do echo "rank $RANK line $i"; done
 printf "partial-$RANK"
-touch "$1/ready-$RANK"
+echo "ready-$RANK" > "$READY"
 sleep 60
 """
 
@@ -43,42 +45,43 @@ def assert_exact(sink: Collected, procs: int, lines: int) -> None:
         assert got.count(f"partial-{r}") == 1, f"rank {r} partial line"
 
 
-async def test_flush_includes_unflushed_python_stdout_buffers(tmp_path, sink, log_dir):
-    cmd = [PY, "-c", PY_PRINTER.format(lines=LINES), str(tmp_path)]
+async def test_flush_includes_unflushed_python_stdout_buffers(run_mesh, ready):
     # flush_interval=0: no periodic flushing in the child, so only the barrier can bring the
     # tail of each child's sys.stdout buffer out.
-    async with lm.open_proc_mesh(
-        cmd, procs=4, env=CHILD_ENV, log_dir=log_dir, flush_interval=0, announce=False
-    ) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            client.set_mode(stream_to_client=True, aggregate_window_sec=None)
-            await wait_for_files(tmp_path / f"ready-{r}" for r in range(4))
-            with trio.fail_after(30):
-                await client.flush()
-            assert_exact(sink, 4, LINES)
-            assert mesh.returncodes == [None] * 4  # they are all still alive
-            await client.aclose()
+    cmd = [PY, "-c", PY_PRINTER.format(lines=LINES)]
+    async with run_mesh(cmd, 4, env=ready.env, flush_interval=0) as run:
+        await ready.wait(*(f"ready-{r}" for r in range(4)))
+        with trio.fail_after(30):
+            await run.client.flush()
+        assert_exact(run.sink, 4, LINES)
+        assert run.mesh.returncodes == [None] * 4  # they are all still alive
     # and the files hold every byte, exactly as written
     for r in range(4):
-        out, _ = mesh.log_files(r)
+        out, _ = run.mesh.log_files(r)
         expected = "".join(f"rank {r} line {i}\n" for i in range(LINES)) + f"partial-{r}"
         assert open(out).read() == expected
 
 
-async def test_flush_is_exact_for_bash_children(tmp_path, sink, log_dir):
-    cmd = ["bash", "-c", BASH_PRINTER.format(lines=LINES), "bash", str(tmp_path)]
-    async with lm.open_proc_mesh(cmd, procs=4, log_dir=log_dir, announce=False) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            await wait_for_files(tmp_path / f"ready-{r}" for r in range(4))
-            with trio.fail_after(30):
-                await client.flush()
-            assert_exact(sink, 4, LINES)
-            await client.aclose()
+async def test_flush_is_exact_for_bash_children(run_mesh, ready):
+    cmd = ["bash", "-c", BASH_PRINTER.format(lines=LINES)]
+    async with run_mesh(cmd, 4, env=ready.env) as run:
+        await ready.wait(*(f"ready-{r}" for r in range(4)))
+        with trio.fail_after(30):
+            await run.client.flush()
+        assert_exact(run.sink, 4, LINES)
 
 
-async def test_crash_mid_output_delivers_last_lines_traceback_and_exit_code(sink, log_dir):
+async def test_python_child_with_no_periodic_flush_exits_by_itself(run_mesh):
+    # The agent's thread must not keep the interpreter from exiting, even when it has no
+    # periodic flush to wake it (flush_interval=0).
+    async with run_mesh([PY, "-c", "print('bye')"], 2, flush_interval=0, grace=30) as run:
+        with trio.fail_after(20):
+            assert await run.mesh.wait() == [0, 0]
+        await run.client.flush()
+        assert run.sink.lines() == ["bye", "bye"]
+
+
+async def test_crash_mid_output_delivers_last_lines_traceback_and_exit_code(run_mesh):
     child = r"""
 import os, sys
 r = int(os.environ["RANK"])
@@ -88,14 +91,14 @@ if r == 1:
     sys.stdout.write("half a line")
     raise RuntimeError("boom in rank 1")
 """
-    async with lm.open_proc_mesh(
-        [PY, "-c", child], procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False
-    ) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            codes = await mesh.wait()
-            with trio.fail_after(20):
-                await client.flush()
+    async with run_mesh([PY, "-c", child], 2) as run:
+        codes = await run.mesh.wait()
+        with trio.fail_after(20):
+            await run.client.flush()
+        # Every rank had exited before flush() was called: their exits are reported by now.
+        assert run.client.exit_codes == [0, 1]
+        assert "rank 1 exited with code 1" in run.sink.notices()
+    sink = run.sink
     assert codes == [0, 1]
     for r in range(2):
         got = [ln for ln in sink.lines(rank=r, stream="stdout") if ln != "half a line"]
@@ -105,130 +108,120 @@ if r == 1:
     assert err[0] == "Traceback (most recent call last):"
     assert err[-1] == "RuntimeError: boom in rank 1"
     assert "rank 1 exited with code 1" in sink.notices()
-    assert client.exit_codes == [0, 1]
+    assert run.client.exit_codes == [0, 1]  # known once flush() returned after wait()
 
 
 async def test_flush_timeout_names_the_stopped_rank_and_teardown_does_not_hang(
-    tmp_path, sink, log_dir
+    run_mesh, ready
 ):
-    child = r"""
-import os, sys, time
+    child = READY_PY + r"""
+import os, time
 print("hello from", os.environ["RANK"])
-open(os.path.join(sys.argv[1], "ready-" + os.environ["RANK"]), "w").close()
+ready("ready-" + os.environ["RANK"])
 time.sleep(60)
 """
     started = time.monotonic()
-    async with lm.open_proc_mesh(
-        [PY, "-c", child, str(tmp_path)], procs=3, env=CHILD_ENV, log_dir=log_dir,
-        announce=False, grace=1.0,
-    ) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            await wait_for_files(tmp_path / f"ready-{r}" for r in range(3))
-            await client.flush()
-            assert [rp.forwarder.value[0] for rp in mesh.ranks] == [1, 1, 1]  # type: ignore[index]
-            os.kill(mesh.pids[2], signal.SIGSTOP)
-            await wait_stopped(mesh.pids[2])
-            t0 = time.monotonic()
-            with pytest.raises(lm.FlushTimeout) as info:
-                await client.flush(timeout=2)
-            elapsed = time.monotonic() - t0
-            assert info.value.missing_ranks == [2]
-            assert "rank(s) 2" in str(info.value)
-            assert 1.9 <= elapsed < 4.0
-            await client.aclose()
+    async with run_mesh([PY, "-c", child], 3, env=ready.env, grace=1.0, exit_timeout=1) as run:
+        await ready.wait("ready-0", "ready-1", "ready-2")
+        await run.client.flush()
+        os.kill(run.mesh.pids[2], signal.SIGSTOP)
+        await wait_stopped(run.mesh.pids[2])
+        t0 = trio.current_time()
+        with pytest.raises(lm.FlushTimeout) as info:
+            await run.client.flush(timeout=2)
+        elapsed = trio.current_time() - t0
+        assert info.value.missing_ranks == [2]
+        assert info.value.reasons[2] == "is stopped (SIGSTOP, Ctrl-Z or a debugger)"
+        assert "rank 2 is stopped" in str(info.value)
+        assert 1.9 <= elapsed < 4.0
     assert time.monotonic() - started < 30
-    assert mesh.returncodes[2] in (-signal.SIGTERM, -signal.SIGKILL)
-    assert sorted(sink.lines(stream="stdout")) == [f"hello from {r}" for r in range(3)]
+    assert run.mesh.returncodes[2] in (-signal.SIGTERM, -signal.SIGKILL)
+    assert sorted(run.sink.lines(stream="stdout")) == [f"hello from {r}" for r in range(3)]
 
 
-async def test_overlapping_flushes_each_complete(tmp_path, sink, log_dir):
-    cmd = [PY, "-c", PY_PRINTER.format(lines=200), str(tmp_path)]
-    async with lm.open_proc_mesh(
-        cmd, procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False
-    ) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            await wait_for_files(tmp_path / f"ready-{r}" for r in range(2))
-            done = []
+async def test_overlapping_flushes_each_complete(run_mesh, ready):
+    async with run_mesh([PY, "-c", PY_PRINTER.format(lines=200)], 2, env=ready.env) as run:
+        await ready.wait("ready-0", "ready-1")
+        done = []
 
-            async def one(i: int) -> None:
-                await client.flush()
-                done.append(i)
+        async def one(i: int) -> None:
+            await run.client.flush()
+            done.append(i)
 
-            with trio.fail_after(20):
-                async with trio.open_nursery() as flushes:
-                    for i in range(5):
-                        flushes.start_soon(one, i)
-            assert sorted(done) == list(range(5))
-            assert_exact(sink, 2, 200)
-            await client.aclose()
+        with trio.fail_after(20):
+            async with trio.open_nursery() as flushes:
+                for i in range(5):
+                    flushes.start_soon(one, i)
+        assert sorted(done) == list(range(5))
+        assert_exact(run.sink, 2, 200)
 
 
-async def test_level_change_takes_effect_in_the_children(tmp_path, sink, log_dir):
-    child = r"""
+async def test_level_change_takes_effect_in_the_children(run_mesh, ready, tmp_path):
+    # Each child logs at three levels when the test creates go<n>, then says it did.
+    child = READY_PY + r"""
 import logging, os, sys, time
-go = os.path.join(sys.argv[1], "go")
 logging.basicConfig(format="%(levelname)s %(message)s")
+r = os.environ["RANK"]
 n = 0
 while True:
-    if os.path.exists(go + str(n)):
+    if os.path.exists(os.path.join(sys.argv[1], f"go{n}")):
         logging.debug("debug %d", n)
         logging.info("info %d", n)
         logging.warning("warning %d", n)
+        sys.stderr.flush()
+        ready(f"done{n}-{r}")
         n += 1
     time.sleep(0.01)
 """
-    async with lm.open_proc_mesh(
-        [PY, "-c", child, str(tmp_path)], procs=2, env=CHILD_ENV, log_dir=log_dir,
-        announce=False,
-    ) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            for n, level in enumerate([logging.INFO, logging.DEBUG, logging.WARNING]):
-                client.set_mode(stream_to_client=True, level=level)
-                await client.flush()  # the level is in force once this returns
-                (tmp_path / f"go{n}").touch()
-                with trio.fail_after(20):
-                    while sum(f"WARNING warning {n}" in ln for ln in sink.lines()) < 2:
-                        await client.flush()
-                        await trio.sleep(0.02)
-            await client.aclose()
+    async with run_mesh([PY, "-c", child, str(tmp_path)], 2, env=ready.env) as run:
+        for n, level in enumerate([logging.INFO, logging.DEBUG, logging.WARNING]):
+            run.client.set_mode(stream_to_client=True, level=level)
+            await run.client.flush()  # the level is in force once this returns
+            (tmp_path / f"go{n}").touch()
+            with trio.fail_after(20):
+                await ready.wait(f"done{n}-0", f"done{n}-1")
+        await run.client.flush()
     for r in range(2):
-        err = sink.lines(rank=r, stream="stderr")
-        assert err == [
+        assert run.sink.lines(rank=r, stream="stderr") == [
             "INFO info 0", "WARNING warning 0",
             "DEBUG debug 1", "INFO info 1", "WARNING warning 1",
             "WARNING warning 2",
         ]
 
 
-async def test_window_without_streaming_is_a_value_error(log_dir):
-    async with lm.open_proc_mesh(["true"], procs=1, log_dir=log_dir, announce=False) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=Collected())
-            with pytest.raises(ValueError, match="stream_to_client"):
-                client.set_mode(stream_to_client=False, aggregate_window_sec=3)
-            with pytest.raises(ValueError, match="positive"):
-                client.set_mode(stream_to_client=True, aggregate_window_sec=0)
-            with pytest.raises(ValueError, match="level"):
-                client.set_mode(level="LOUD")
-            client.set_mode(stream_to_client=False, aggregate_window_sec=None)
+async def test_initial_log_level_is_in_force_before_user_code(run_mesh):
+    child = "import logging; logging.basicConfig(format='%(message)s'); logging.info('shown')"
+    async with run_mesh([PY, "-c", child], 1, log_level="info") as run:
+        await run.mesh.wait()
+        await run.client.flush()
+    assert run.sink.lines(stream="stderr") == ["shown"]
+
+
+async def test_window_without_streaming_is_a_value_error(run_mesh, log_dir):
+    async with run_mesh(["true"], 1) as run:
+        client = run.client
         with pytest.raises(ValueError, match="stream_to_client"):
-            await mesh.logging_option(stream_to_client=False, aggregate_window_sec=1)
+            client.set_mode(stream_to_client=False, aggregate_window_sec=3)
+        with pytest.raises(ValueError, match="positive"):
+            client.set_mode(stream_to_client=True, aggregate_window_sec=0)
+        with pytest.raises(ValueError, match="level"):
+            client.set_mode(level="LOUD")
+        client.set_mode(stream_to_client=False, aggregate_window_sec=None)
+        with pytest.raises(ValueError, match="stream_to_client"):
+            await run.mesh.logging_option(stream_to_client=False, aggregate_window_sec=1)
+        with pytest.raises(ValueError, match="stream_to_client"):
+            async with lm.open_logging_client(run.mesh, stream_to_client=False,
+                                              aggregate_window_sec=1):
+                pass
 
 
-async def test_children_get_rank_environment_and_channel(sink, log_dir):
+async def test_children_get_rank_environment_and_channel(run_mesh):
     child = "echo $RANK $WORLD_SIZE $LOCAL_RANK ${BOOTSTRAP_LOG_CHANNEL:+has-channel}"
-    async with lm.open_proc_mesh(
-        ["bash", "-c", child], procs=3, log_dir=log_dir, announce=False
-    ) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            assert await mesh.wait() == [0, 0, 0]
-            await client.flush()
+    async with run_mesh(["bash", "-c", child], 3) as run:
+        assert await run.mesh.wait() == [0, 0, 0]
+        await run.client.flush()
     for r in range(3):
-        assert sink.lines(rank=r) == [f"{r} 3 {r} has-channel"]
+        assert run.sink.lines(rank=r) == [f"{r} 3 {r} has-channel"]
 
 
 async def test_logging_option_one_liner_flushes_at_teardown(log_dir):
@@ -237,7 +230,8 @@ async def test_logging_option_one_liner_flushes_at_teardown(log_dir):
     async with lm.open_proc_mesh(
         [PY, "-c", child], procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False
     ) as mesh:
-        await mesh.logging_option(stream_to_client=True, sink=sink)
+        client = await mesh.logging_option(stream_to_client=True, sink=sink)
+        assert isinstance(client, lm.LoggingMeshClient)
         await mesh.wait()
     assert Counter(sink.lines()) == Counter(["hi from 0", "hi from 1"])
 
@@ -248,6 +242,17 @@ async def test_bad_arguments_fail_clearly(log_dir):
             pass
     with pytest.raises(ValueError, match="cmd"):
         async with lm.open_proc_mesh([], procs=1, log_dir=log_dir):
+            pass
+    for name, value in [("grace", 0), ("partial_idle", -1), ("drain_timeout", 0),
+                        ("agent_timeout", "soon"), ("progress_interval", 0)]:
+        with pytest.raises(ValueError, match=name):
+            async with lm.open_proc_mesh(["true"], log_dir=log_dir, **{name: value}):
+                pass
+    with pytest.raises(ValueError, match="max_line"):
+        async with lm.open_proc_mesh(["true"], log_dir=log_dir, max_line=10):
+            pass
+    with pytest.raises(ValueError, match="level"):
+        async with lm.open_proc_mesh(["true"], log_dir=log_dir, log_level="LOUD"):
             pass
     with pytest.raises(FileNotFoundError):
         async with lm.open_proc_mesh(["/no/such/program"], procs=2, log_dir=log_dir,
@@ -269,13 +274,14 @@ async def test_mirror_copies_children_bytes_to_the_host_streams_only_when_asked(
     assert out == "to-out\n" and err == "to-err\n"  # raw, unprefixed, and "quiet" not at all
 
 
-async def test_leaving_the_mesh_flushes_buffered_output_into_the_files(tmp_path, log_dir):
+async def test_leaving_the_mesh_flushes_buffered_output_into_the_files(ready, log_dir):
     # The children hold their output in sys.stdout's buffer (no periodic flush) and would lose
     # it to SIGTERM: the teardown's barrier must get it into the files first.
-    cmd = [PY, "-c", PY_PRINTER.format(lines=100), str(tmp_path)]
-    async with lm.open_proc_mesh(cmd, procs=2, env=CHILD_ENV, log_dir=log_dir,
-                                 flush_interval=0, announce=False, grace=2.0) as mesh:
-        await wait_for_files(tmp_path / f"ready-{r}" for r in range(2))
+    async with lm.open_proc_mesh(
+        [PY, "-c", PY_PRINTER.format(lines=100)], procs=2, env={**CHILD_ENV, **ready.env},
+        log_dir=log_dir, flush_interval=0, announce=False, grace=2.0,
+    ) as mesh:
+        await ready.wait("ready-0", "ready-1")
     for r in range(2):
         expected = "".join(f"rank {r} line {i}\n" for i in range(100)) + f"partial-{r}"
         assert open(mesh.log_files(r)[0]).read() == expected
@@ -289,6 +295,14 @@ async def test_a_log_file_that_cannot_be_opened_fails_plainly_and_leaves_no_chil
                                      announce=False):
             pass
     # no "sleep 30" child of ours is left running
-    me = os.getpid()
-    out = os.popen(f"ps -o pid=,args= --ppid {me}").read()
+    out = os.popen(f"ps -o pid=,args= --ppid {os.getpid()}").read()
     assert "sleep 30" not in out
+
+
+async def test_python_flags_that_skip_site_run_without_an_agent(run_mesh):
+    # `python -I` never imports our sitecustomize: barriers must not wait for an agent.
+    child = "import sys; print('isolated'); sys.stdout.flush(); import time; time.sleep(30)"
+    async with run_mesh([PY, "-I", "-c", child], 1, agent_timeout=60) as run:
+        with trio.fail_after(10):
+            await run.sink.wait_for(lambda: run.sink.lines() == ["isolated"])
+            await run.client.flush()

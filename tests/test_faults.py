@@ -12,12 +12,12 @@ import time
 
 import pytest
 import trio
+import trio.testing
 
 import trio_logmesh as lm
-from trio_logmesh import _frames as f
-from trio_logmesh import _wire as w
+from trio_logmesh.protocol import _wire as w
 
-from .conftest import CHILD_ENV, PY, Collected, wait_for_files, wait_stopped
+from .conftest import CHILD_ENV, PY, READY_PY, Collected, wait_stopped
 
 
 def dropped_counts(sink: Collected) -> dict[int, int]:
@@ -126,8 +126,7 @@ async def test_slow_consumer_drops_are_counted_files_keep_all_flush_returns(log_
         [PY, "-c", FLOOD, str(n)], procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False,
         buffer_bytes=128 * 1024,
     ) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+        async with lm.open_logging_client(mesh, sink=sink) as client:
             with trio.fail_after(30):
                 assert await mesh.wait() == [0, 0]  # the children were never blocked
                 await client.flush()
@@ -148,8 +147,7 @@ async def test_block_policy_loses_nothing_with_a_slow_sink(log_dir):
         [PY, "-c", FLOOD, str(n)], procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False,
         buffer_bytes=64 * 1024, drop_policy="block",
     ) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+        async with lm.open_logging_client(mesh, sink=sink) as client:
             with trio.fail_after(60):
                 await mesh.wait()
                 await client.flush()
@@ -158,37 +156,33 @@ async def test_block_policy_loses_nothing_with_a_slow_sink(log_dir):
         assert sink.lines(rank=r) == [f"rank {r} line {i}" for i in range(n)]
 
 
-async def test_sigkill_mid_line_and_during_a_flush(tmp_path, sink, log_dir):
-    child = r"""
+async def test_sigkill_mid_line_and_during_a_flush(run_mesh, ready):
+    child = READY_PY + r"""
 import os, sys, time
 r = int(os.environ["RANK"])
 for i in range(2000):
     print(f"rank {r} line {i}")
 sys.stdout.write("no newline yet")
 sys.stdout.flush()
-open(os.path.join(sys.argv[1], f"ready-{r}"), "w").close()
+ready(f"ready-{r}")
 i = 0
 while r == 1:  # rank 1 keeps printing until it is killed
     os.write(1, f"more {i}\n".encode()); i += 1; time.sleep(0.001)
 time.sleep(60)
 """
-    async with lm.open_proc_mesh([PY, "-c", child, str(tmp_path)], procs=2, env=CHILD_ENV,
-                                 log_dir=log_dir, announce=False) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            await wait_for_files(tmp_path / f"ready-{r}" for r in range(2))
-            os.kill(mesh.pids[0], signal.SIGKILL)
-            async with trio.open_nursery() as inner:
-                inner.start_soon(client.flush)
-                await trio.sleep(0.01)
-                os.kill(mesh.pids[1], signal.SIGKILL)
-            with trio.fail_after(20):
-                await client.flush()
-            with trio.fail_after(10):
-                assert await mesh.wait() == [-9, -9]
-                while None in client.exit_codes:
-                    await trio.sleep(0.01)
-            await client.aclose()
+    async with run_mesh([PY, "-c", child], 2, env=ready.env) as run:
+        client, mesh = run.client, run.mesh
+        await ready.wait("ready-0", "ready-1")
+        os.kill(mesh.pids[0], signal.SIGKILL)
+        async with trio.open_nursery() as inner:
+            inner.start_soon(client.flush)
+            await trio.testing.wait_all_tasks_blocked()  # the flush is under way
+            os.kill(mesh.pids[1], signal.SIGKILL)
+        with trio.fail_after(20):
+            assert await mesh.wait() == [-9, -9]
+            await client.flush()
+        assert client.exit_codes == [-9, -9]
+    sink = run.sink
     for r in range(2):
         file_lines = open(mesh.log_files(r)[0]).read().split("\n")
         got = sink.lines(rank=r, stream="stdout")
@@ -198,101 +192,93 @@ time.sleep(60)
     assert "rank 0 was killed by SIGKILL" in sink.notices()
 
 
-async def test_forwarder_connection_closed_under_it_then_host_takes_over(tmp_path, sink,
-                                                                         log_dir):
-    child = r"""
-import os, sys, time
-go = os.path.join(sys.argv[1], "go")
+async def test_a_rank_that_execs_loses_its_agent_and_barriers_still_complete(run_mesh, ready):
+    # exec closes the agent's connection (close-on-exec): from then on the host cuts the
+    # pipes without asking the process to flush, and says nothing is wrong.
+    after = READY_PY + "import time; print('after', flush=True); ready('execd'); time.sleep(60)"
+    child = READY_PY + f"""
+import os, sys
 print("before", flush=True)
-while not os.path.exists(go):
-    time.sleep(0.01)
-print("after")
-time.sleep(60)
+ready("before")
+os.execv(sys.executable, [sys.executable, "-c", {after!r}])
 """
-    async with lm.open_proc_mesh([PY, "-c", child, str(tmp_path)], procs=1, env=CHILD_ENV,
-                                 log_dir=log_dir, announce=False) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            rp = mesh.ranks[0]
-            with trio.fail_after(10):
-                while rp.agent is None:
-                    await trio.sleep(0.01)
-                await client.flush()
-            await rp.agent.aclose()  # the host's side of the channel breaks
-            with trio.fail_after(10):
-                while rp.forwarder.value is None or rp.forwarder.value[0] < 2:
-                    await trio.sleep(0.01)
-            (tmp_path / "go").touch()
-            with trio.fail_after(10):
-                while "after" not in sink.lines():
-                    await client.flush()
-            await client.aclose()
-    assert sink.lines() == ["before", "after"]
+    async with run_mesh([PY, "-c", child], 1, env=ready.env, grace=1.0) as run:
+        with trio.fail_after(20):
+            await ready.wait("before", "execd")
+            await run.client.flush()
+        assert run.sink.lines() == ["before", "after"]
 
 
-async def test_cancelled_flush_and_leaving_with_a_barrier_pending(tmp_path, log_dir):
+async def test_cancelled_flush_and_leaving_with_a_barrier_pending(log_dir):
     sink = Collected()
     child = "import time; print('up', flush=True); time.sleep(60)"
     t0 = time.monotonic()
-    async with lm.open_proc_mesh([PY, "-c", child], procs=2, env=CHILD_ENV, log_dir=log_dir,
-                                 announce=False, grace=1.0) as mesh:
-        client = await mesh.logging_option(sink=sink)
-        await client.flush()
-        os.kill(mesh.pids[1], signal.SIGSTOP)
-        await wait_stopped(mesh.pids[1])
-        with trio.move_on_after(0.2) as scope:
+    pending_done = trio.Event()
+    async with trio.open_nursery() as outer:
+        async with lm.open_proc_mesh([PY, "-c", child], procs=2, env=CHILD_ENV,
+                                     log_dir=log_dir, announce=False, grace=1.0) as mesh:
+            client = await mesh.logging_option(sink=sink)
             await client.flush()
-        assert scope.cancelled_caught
-        assert client._barriers == {}  # the cancelled barrier left nothing behind
-        mesh._nursery.start_soon(client.flush)  # still pending when we leave  # type: ignore[union-attr]
-        await trio.sleep(0.05)
+            os.kill(mesh.pids[1], signal.SIGSTOP)
+            await wait_stopped(mesh.pids[1])
+            with trio.move_on_after(0.2) as scope:
+                await client.flush()
+            assert scope.cancelled_caught
+
+            async def pending() -> None:
+                try:
+                    await client.flush()
+                except lm.LogmeshError:
+                    pass
+                pending_done.set()
+
+            outer.start_soon(pending)  # still waiting for the stopped rank when we leave
+            await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(20):
+            await pending_done.wait()  # the teardown ended the stopped rank: the flush ended
     assert time.monotonic() - t0 < 20
     assert sorted(sink.lines()) == ["up", "up"]
 
 
-async def test_channel_is_private_and_rejects_strangers_and_garbage(tmp_path, sink, log_dir):
-    child = r"""
-import os, sys, time
-print("hello", flush=True)
-open(os.path.join(sys.argv[1], "ready"), "w").close()
+async def test_channel_is_private_and_strangers_cannot_disturb_it(run_mesh, ready):
+    child = READY_PY + r"""
+import os, time
+print(os.environ["BOOTSTRAP_LOG_CHANNEL"], flush=True)
+ready("up")
+print("unflushed tail", end="")
 time.sleep(60)
 """
-    async with lm.open_proc_mesh([PY, "-c", child, str(tmp_path)], procs=1, env=CHILD_ENV,
-                                 log_dir=log_dir, announce=False) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            await wait_for_files([tmp_path / "ready"])
-            await client.flush()
-            path = mesh.ranks[0].agent_path
-            mode = stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode)
-            assert mode == 0o700
+    async with run_mesh([PY, "-c", child], 1, env=ready.env, flush_interval=0) as run:
+        await ready.wait("up")
+        await run.sink.wait_for(lambda: len(run.sink.lines()) == 1)
+        path = run.sink.lines()[0]
+        assert stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode) == 0o700
 
-            def attempt(payload: bytes) -> bytes:
-                s = socket.socket(socket.AF_UNIX)
-                s.settimeout(5)
-                s.connect(path)
-                s.sendall(payload)
-                got = b""
-                try:
-                    while chunk := s.recv(4096):
-                        got += chunk
-                except OSError:
-                    pass
-                s.close()
-                return got
+        def attempt(payload: bytes) -> bytes:
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(payload)
+            got = b""
+            try:
+                while chunk := s.recv(4096):
+                    got += chunk
+            except OSError:
+                pass
+            s.close()
+            return got
 
-            wrong = f.encode(f.Hello(w.ROLE_CLIENT, b"0" * 16, 0, 0))
-            assert await trio.to_thread.run_sync(attempt, wrong) == w.frame(w.REJECT)
-            huge = w.HEADER.pack(w.HELLO, 2**31)
-            assert await trio.to_thread.run_sync(attempt, huge) == b""
-            junk = bytes(random.Random(1).randrange(256) for _ in range(5000))
-            await trio.to_thread.run_sync(attempt, junk)
-            # the real client and the forwarder are unharmed
-            with trio.fail_after(10):
-                await client.flush()
-            assert mesh.ranks[0].forwarder.value[0] == 1  # type: ignore[index]
-            await client.aclose()
-    assert sink.lines() == ["hello"]
+        # a hello with the wrong token, a header announcing 2 GiB, and junk: each connection
+        # is closed, without an answer
+        wrong = w.encode(w.HELLO, b"0" * 16, 0, os.getpid())
+        assert await trio.to_thread.run_sync(attempt, wrong) == b""
+        assert await trio.to_thread.run_sync(attempt, w.HEADER.pack(w.HELLO, 2**31)) == b""
+        junk = bytes(random.Random(1).randrange(256) for _ in range(5000))
+        assert await trio.to_thread.run_sync(attempt, junk) == b""
+        # the real agent is unharmed: the barrier still flushes the child's buffer
+        with trio.fail_after(10):
+            await run.client.flush()
+        assert run.sink.lines()[1:] == ["unflushed tail"]
 
 
 async def test_closing_a_client_mid_backlog_does_not_break_the_mesh(log_dir):
@@ -301,29 +287,27 @@ async def test_closing_a_client_mid_backlog_does_not_break_the_mesh(log_dir):
                                  log_dir=log_dir, announce=False) as mesh:
         async with trio.open_nursery() as nursery:
             client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            await mesh.wait()  # exited: the host-side forwarders are sending the backlog
-            await trio.sleep(0.1)
+            await mesh.wait()  # exited: the backlog is still on its way to the slow sink
+            await sink.wait_for(lambda: len(sink.items) > 0)
             await client.aclose()
         # a second client still gets served
         second = Collected()
         client2 = await mesh.logging_option(sink=second)
         with trio.fail_after(20):
             await client2.flush()
+        assert client2.exit_codes == [0, 0]
     assert mesh.returncodes == [0, 0]
 
 
 async def test_block_policy_with_streaming_off_never_stalls_the_child(log_dir):
-    sink = Collected()
     async with lm.open_proc_mesh([PY, "-c", FLOOD, "300000"], procs=2, env=CHILD_ENV,
                                  log_dir=log_dir, announce=False, drop_policy="block",
                                  buffer_bytes=256 * 1024) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            client.set_mode(stream_to_client=False)
+        async with lm.open_logging_client(mesh, sink=Collected(),
+                                          stream_to_client=False) as client:
             with trio.fail_after(60):
                 assert await mesh.wait() == [0, 0]
                 await client.flush()
-            await client.aclose()
     assert sum(1 for _ in open(mesh.log_files(1)[0])) == 300_000
 
 
@@ -335,8 +319,7 @@ async def test_block_policy_with_both_streams_flooding_keeps_reading_both(log_di
     async with lm.open_proc_mesh([PY, "-c", child], procs=1, env=CHILD_ENV, log_dir=log_dir,
                                  announce=False, drop_policy="block",
                                  buffer_bytes=64 * 1024) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
+        async with lm.open_logging_client(mesh, sink=sink) as client:
             with trio.fail_after(60):
                 assert await mesh.wait() == [0]
                 await client.flush()
@@ -344,36 +327,29 @@ async def test_block_policy_with_both_streams_flooding_keeps_reading_both(log_di
     assert sink.lines(stream="stderr") == [f"err {i}" for i in range(20000)]
 
 
-async def test_forked_descendant_holding_sockets_does_not_keep_the_rank_open(log_dir):
+async def test_forked_descendant_holding_pipes_and_sockets_does_not_keep_the_rank_open(run_mesh):
     child = ("import os, time\nprint('parent says hi', flush=True)\n"
-             "if os.fork() == 0:\n    os.close(1); os.close(2)\n    time.sleep(30)\n"
-             "    os._exit(0)\n")
-    sink = Collected()
-    async with lm.open_proc_mesh([PY, "-c", child], procs=1, env=CHILD_ENV, log_dir=log_dir,
-                                 announce=False, grace=1.0) as mesh:
-        async with trio.open_nursery() as nursery:
-            client = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=sink)
-            with trio.fail_after(20):
-                assert await mesh.wait() == [0]
-                await client.flush()
-                await client.wait_finished()
-    assert client.exit_codes == [0]
-    assert sink.lines() == ["parent says hi"]
+             "if os.fork() == 0:\n    time.sleep(30)\n    os._exit(0)\n")
+    async with run_mesh([PY, "-c", child], 1, grace=1.0, drain_timeout=1.0) as run:
+        with trio.fail_after(20):
+            assert await run.mesh.wait() == [0]
+            await run.client.flush()
+            await run.client.wait_finished()
+        assert run.client.exit_codes == [0]
+    assert run.sink.lines() == ["parent says hi"]
 
 
-async def test_flush_works_while_a_non_daemon_thread_outlives_main(log_dir):
+async def test_flush_works_while_a_non_daemon_thread_outlives_main(run_mesh):
     child = ("import threading, time\n"
-             "def work():\n    for i in range(30):\n        print('worker', i); time.sleep(0.05)\n"
+             "def work():\n    for i in range(40):\n        print('worker', i); time.sleep(0.05)\n"
              "threading.Thread(target=work).start()\n")
-    sink = Collected()
-    async with lm.open_proc_mesh([PY, "-c", child], procs=1, env=CHILD_ENV, log_dir=log_dir,
-                                 announce=False) as mesh:
-        client = await mesh.logging_option(sink=sink)
-        await trio.sleep(0.5)  # main has returned; the worker still prints
+    async with run_mesh([PY, "-c", child], 1) as run:
+        # main has returned at once; the worker prints for 2 s
+        await run.sink.wait_for(lambda: "worker 3" in run.sink.lines())
         with trio.fail_after(5):
-            await client.flush()
-        await mesh.wait()
-    assert sink.lines()[:5] == [f"worker {i}" for i in range(5)]
+            await run.client.flush()
+        await run.mesh.wait()
+    assert run.sink.lines() == [f"worker {i}" for i in range(40)]
 
 
 async def test_logging_option_twice_keeps_one_client_and_closed_client_flush_fails(log_dir):
@@ -385,9 +361,10 @@ async def test_logging_option_twice_keeps_one_client_and_closed_client_flush_fai
         assert a is b
         with pytest.raises(lm.LogmeshError, match="sink"):
             await mesh.logging_option(sink=Collected())
+        await sink.wait_for(lambda: sink.lines() == ["one"])
         await a.flush()
         await a.aclose()
-        with pytest.raises(lm.LogmeshError, match="closed"):
+        with pytest.raises(lm.ClientClosed):
             await a.flush()
     assert sink.lines() == ["one"]
 
@@ -404,8 +381,9 @@ async def test_a_client_taken_over_by_a_newer_one_ends_and_says_so(log_dir):
             with trio.fail_after(10):
                 await new.flush()
                 await old.wait_finished()  # its tasks ended instead of waiting forever
-            with pytest.raises(lm.LogmeshError, match="another client"):
+            with pytest.raises(lm.ClientReplaced):
                 await old.flush()
+            assert not isinstance(lm.ClientReplaced("x"), lm.ClientClosed)
             await new.aclose()
     assert sorted(old_sink.lines()) == ["hello", "hello"]
     # what the old client had already confirmed is not replayed to the newcomer

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_logmesh._lines import LineSplitter, clean_line, human_size, truncation_marker
+from trio_logmesh.host._lines import LineSplitter, human_size, truncation_marker
+from trio_logmesh.view._decode import clean_line
 
 
 def run(data: bytes, cuts: list[int], splitter: LineSplitter, idle_every: int = 0):
@@ -83,9 +86,16 @@ def test_crlf_line_ends():
 def test_huge_line_is_cut_with_a_visible_marker_and_bounded_memory():
     s = LineSplitter(max_line=1000)
     out = s.feed(b"x" * 600, 0)
-    for _ in range(1000):  # 64 MB more of the same line, in 64 KiB chunks
-        out += s.feed(b"y" * 65536, 0)
-        assert len(s._pending) <= 1000
+    chunk = b"y" * 65536
+    tracemalloc.start()
+    try:
+        for _ in range(1000):  # 64 MB more of the same line, in 64 KiB chunks
+            out += s.feed(chunk, 0)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 16 * 1024  # what the splitter keeps of the line stays at max_line
+    assert peak < 200 * 1024  # never more than a chunk or two in flight
     out += s.feed(b"z\nnext\n", 0)
     assert len(out) == 2
     line, partial = out[0]

@@ -125,13 +125,3 @@ class LineSplitter:
             body = pending[:-1] if pending.endswith(b"\r") else pending
             pending = body[body.rfind(b"\r") + 1 :]
         return [(pending, PARTIAL)] if pending else []
-
-
-def clean_line(line: str) -> str:
-    """The text a terminal would show for a line with ``\\r`` in it: its last state.
-
-    A ``\\r`` right before the newline (``\\r\\n`` endings) is just removed.
-    """
-    if line.endswith("\r"):
-        line = line[:-1]
-    return line.rpartition("\r")[2]

@@ -10,7 +10,9 @@ When unconfirmed frames exceed ``limit_bytes`` (the view is slower than the chil
 is attached yet) the policy decides: ``"drop"`` evicts the oldest ``Log`` frames, ``"block"``
 makes the StreamFwders stop reading the pipes until the view catches up.  ``Mark`` and ``Exit``
 are never dropped.  Lines are counted only when dropped: each ``Log`` frame carries how many
-lines of its stream were dropped before it, in all, and the view reports what that grew by.
+lines of the rank (both streams) were dropped before it, in all, and the view reports what that
+grew by.  Evictions happen only as a ``Log`` frame arrives, which then carries the new count,
+and the newest frame is never the one evicted: every drop is reported.
 """
 
 from __future__ import annotations
@@ -44,10 +46,12 @@ class RankOutbox:
     #: Marks and exits the "drop" policy pushed out of the ring: they are delivered anyway.
     _kept: list[Frame] = attrs.field(factory=list)
     _ring_bytes: int = 0
-    #: Per stream: lines dropped from the live view so far (evicted before the view took them).
-    _dropped: list[int] = attrs.field(factory=lambda: [0, 0])
+    #: Lines dropped from the live view so far (evicted before the view took them).
+    _dropped: int = 0
     _next_seq: int = 1
     _send_from: int = 1
+    #: The rank's end, once appended: a view that takes over always learns of it.
+    _exit: Exit | None = None
     _room: trio.lowlevel.ParkingLot = attrs.field(factory=trio.lowlevel.ParkingLot)
 
     @property
@@ -67,7 +71,7 @@ class RankOutbox:
         if self.policy == "drop":
             self._make_room(size)
         self._append(
-            Log(self._next_seq, stream, data, self._dropped[stream], partial, progress), size
+            Log(self._next_seq, stream, data, self._dropped, partial, progress), size
         )
 
     def append_mark(self, version: int) -> None:
@@ -75,8 +79,9 @@ class RankOutbox:
         self._append(Mark(self._next_seq, version), FRAME_OVERHEAD)
 
     def append_exit(self, code: int) -> None:
-        """Add the rank's exit; nothing should be appended after it."""
-        self._append(Exit(self._next_seq, code), FRAME_OVERHEAD)
+        """Add the rank's exit (only barrier markers may follow it)."""
+        self._exit = Exit(self._next_seq, code)
+        self._append(self._exit, FRAME_OVERHEAD)
 
     def _make_room(self, size: int) -> None:
         # Evict before the new frame is built, so it already carries the count of what its
@@ -88,7 +93,7 @@ class RankOutbox:
             if not isinstance(old, Log):
                 self._kept.append(old)  # never lose a marker or the exit: deliver it anyway
             elif old.seq >= self._send_from:  # taken frames still reach the view
-                self._dropped[old.stream] += old.data.count(b"\n")
+                self._dropped += old.data.count(b"\n")
 
     def _append(self, frame: Frame, size: int) -> None:
         caught_up = self._send_from == self._next_seq
@@ -100,23 +105,24 @@ class RankOutbox:
 
     # -- the consumer ----------------------------------------------------------------------
     def take(self, max_bytes: int) -> list[Frame]:
-        """The frames after the cursor, in order, up to about ``max_bytes``; moves the cursor."""
+        """The frames after the cursor, in order, up to about ``max_bytes`` (at least one when
+        there is one); moves the cursor past them."""
         start = self._send_from
         out: list[Frame] = [f for f in self._kept if f.seq >= start] if self._kept else []
-        size = 0
         ring = self._ring
         if ring:
+            start = max(start, ring[0].seq)  # what lies before the ring is gone
+            idx = start - ring[0].seq
             n = len(ring)
-            idx = max(0, start - ring[0].seq)
-            while idx < n and size < max_bytes:
+            size = 0
+            while idx < n and (size < max_bytes or not out):
                 frame = ring[idx]
                 out.append(frame)
                 size += frame_size(frame)
                 idx += 1
-        if out:
-            self._send_from = out[-1].seq + 1
-        elif start < self._next_seq:  # everything after the cursor was dropped
-            self._send_from = self._next_seq
+        else:
+            start = self._next_seq
+        self._send_from = out[-1].seq + 1 if out else max(self._send_from, start)
         return out
 
     def confirm(self, seq: int) -> None:
@@ -130,13 +136,19 @@ class RankOutbox:
             self._room.unpark_all()
 
     def rewind(self) -> None:
-        """Move the cursor back to the first unconfirmed frame (a new view takes over)."""
+        """Move the cursor back to the first unconfirmed frame (a new view takes over); the
+        rank's exit comes again even if the previous view confirmed it."""
         firsts = [self._next_seq]
         if self._kept:
             firsts.append(self._kept[0].seq)
         if self._ring:
             firsts.append(self._ring[0].seq)
-        self._send_from = min(firsts)
+        start = min(firsts)
+        exit_ = self._exit
+        if exit_ is not None and exit_.seq < start:
+            self._kept.insert(0, exit_)
+            start = exit_.seq
+        self._send_from = start
         if self.has_unsent and self.on_ready is not None:
             self.on_ready()
 

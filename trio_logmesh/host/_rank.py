@@ -6,7 +6,9 @@ connected (a Python child), it first flushes Python and C stdio (``FORCE_SYNC_FL
 ``FLUSHED``); then -- or at once, for other children -- both StreamFwders cut their pipe at what
 it holds (``FIONREAD``) and report once they have read past it.  A barrier asked before the
 agent connected waits for it, for the child's exit, or for ``agent_timeout``; one asked of an
-agent that goes away is cut without it.
+agent that goes away is cut without it.  A barrier asked after the child exited completes once
+its pipes reached EOF and its ``Exit`` frame is in the outbox: what follows it comes after the
+rank's exit code.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class RankProc:
     _agent_settled: trio.Event = attrs.field(factory=trio.Event)
     _waiting: list[Callable[[], None]] = attrs.field(factory=list)
     _asked: dict[int, tuple[float, Callable[[], None]]] = attrs.field(factory=dict)
+    _after_drain: list[Callable[[], None]] = attrs.field(factory=list)
     _next_request: int = 1
     _cutting: int = 0
     _exit_appended: bool = False
@@ -64,7 +67,11 @@ class RankProc:
     # -- the barrier ---------------------------------------------------------------------
     def barrier(self, done: Callable[[], None]) -> None:
         """Call ``done()`` once every byte written before now is in the outbox and files."""
-        if self.agent is not None:
+        if self._exit_appended:
+            done()
+        elif self.exited.is_set():
+            self._after_drain.append(done)
+        elif self.agent is not None:
             request = self._next_request
             self._next_request += 1
             self._asked[request] = (trio.current_time(), done)
@@ -212,6 +219,9 @@ class RankProc:
         if not self._exit_appended:
             self._exit_appended = True
             self.outbox.append_exit(code)
+            waiting, self._after_drain = self._after_drain, []
+            for done in waiting:
+                done()
 
     async def _await_agent(self, timeout: float) -> None:
         with trio.move_on_after(timeout):

@@ -24,8 +24,8 @@ class Log:
     """A chunk of complete lines of one stream, or one partial line (``partial``).
 
     ``data`` holds the raw bytes, each complete line ending in ``\\n``.  ``dropped`` is how many
-    lines of this stream the host dropped from the live view before this frame, in all (the
-    ``"drop"`` policy): the view reports what it grew by.  ``progress``: the partial line is a
+    lines of the rank (both streams) the host dropped from the live view before this frame, in
+    all (the ``"drop"`` policy): the view reports what it grew by.  ``progress``: the partial line is a
     progress bar's latest state.
     """
 

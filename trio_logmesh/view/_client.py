@@ -40,9 +40,10 @@ from ._records import Notice, Output
 from ._sinks import Sink, make_sink
 
 #: Deliveries (each up to about 1 MiB) waiting for the view task, and output batches waiting
-#: for the sink: together they bound what is in flight between the host and the sink.
-INBOX_SIZE = 4
-SINK_QUEUE_SIZE = 16
+#: for the sink: together they bound what is in flight between the host and the sink.  The
+#: host counts all of it against each rank's ``buffer_bytes`` until the sink has emitted it.
+INBOX_SIZE = 2
+SINK_QUEUE_SIZE = 4
 
 
 def check_mode(
@@ -87,7 +88,14 @@ class _Wake:
     event: trio.Event
 
 
-_Signal = _Ack | _Ended | _Wake
+@attrs.frozen
+class _Confirm:
+    rank: int
+    seq: int
+
+
+_Signal = _Ack | _Ended | _Wake | _Confirm
+_SIGNALS = (_Ack, _Ended, _Wake, _Confirm)
 
 
 @attrs.define(eq=False)
@@ -133,6 +141,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         self._pending_out: list[Output | _Signal] = []
         self._sink_send: trio.MemorySendChannel[list[Output | _Signal]] | None = None
         self._sink_failed = False
+        #: When the sink's current ``emit`` began (None between emits).
+        self._emit_started: float | None = None
         self._scope: trio.CancelScope | None = None
         self._done = trio.Event()
 
@@ -231,11 +241,7 @@ class LoggingMeshClient(trio.abc.AsyncResource):
             self._check_open()
             if barrier.pending:
                 missing = sorted(barrier.pending)
-                reasons = {
-                    r: "its output up to the barrier is waiting for the sink (a slow or "
-                    "stalled output?)" if r in barrier.seen else link.describe(r)
-                    for r in missing
-                }
+                reasons = {r: self._silence(barrier, r) for r in missing}
                 raise FlushTimeout(version, missing, timeout or 0.0, reasons)
             agg = self._aggregator
             if agg is not None:
@@ -250,6 +256,20 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                         raise FlushTimeout(version, [], timeout or 0.0)
         finally:
             del self._barriers[version]
+
+    def _silence(self, barrier: _Barrier, rank: int) -> str:
+        """Why ``rank`` has not acknowledged ``barrier``: the host's account, or the sink's."""
+        busy = ""
+        if self._emit_started is not None:
+            for_s = trio.current_time() - self._emit_started
+            if for_s >= 1.0:
+                busy = f"the sink has been busy with one write for {for_s:.1f} s"
+        if rank in barrier.seen:
+            return ("its output up to the barrier is waiting for the sink"
+                    + (f": {busy} (a stalled output?)" if busy else " (a slow output?)"))
+        assert self._link is not None
+        reason = self._link.describe(rank)
+        return f"{reason}; {busy}, its output may be waiting behind it" if busy else reason
 
     async def aclose(self) -> None:
         """Print what the aggregator holds and stop the client's tasks.
@@ -317,8 +337,11 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                     for st in self._states:
                         st.hostname, st.pid = self._link.origin(st.rank)
                     nursery.start_soon(self._window_timer)
+                    view_scope = trio.CancelScope()
+                    nursery.start_soon(self._watch_replaced, view_scope)
                     task_status.started()
-                    await self._view_task(inbox_recv)
+                    with view_scope:
+                        await self._view_task(inbox_recv)
                     # Every rank ended (or a newer client took over): empty the queue first.
                     if not self._link.replaced.is_set():
                         agg = self._aggregator
@@ -336,11 +359,18 @@ class LoggingMeshClient(trio.abc.AsyncResource):
             raise
         finally:
             self._sink_send = None
-            with trio.CancelScope(shield=True):
-                await self._emit_leftovers(sink_recv)
-            self._done.set()
-            for barrier in self._barriers.values():  # nobody will answer them any more
-                barrier.done.set()
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._emit_leftovers(sink_recv, inbox_recv)
+            finally:  # even when the sink raised on that last emit
+                self._done.set()
+                for barrier in self._barriers.values():  # nobody will answer them any more
+                    barrier.done.set()
+
+    async def _watch_replaced(self, view_scope: trio.CancelScope) -> None:
+        assert self._link is not None
+        await self._link.replaced.wait()
+        view_scope.cancel()
 
     async def _serve(
         self,
@@ -352,17 +382,31 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         async with inbox:
             await self._mesh.serve_view(inbox, task_status=task_status)
 
-    async def _emit_leftovers(self, recv: trio.MemoryReceiveChannel[list[Output | _Signal]]) -> None:
-        """At the end: what the sink task did not get to, and the aggregator's held lines,
-        straight to the sink (bounded by ``close_timeout``; never into a sink that raised)."""
-        items: list[Output] = []
+    async def _emit_leftovers(
+        self,
+        recv: trio.MemoryReceiveChannel[list[Output | _Signal]],
+        inbox: trio.MemoryReceiveChannel[Delivery],
+    ) -> None:
+        """At the end: what the sink task did not get to, the deliveries already received,
+        and the aggregator's held lines, straight to the sink (bounded by ``close_timeout``;
+        never into a sink that raised; nothing more for a replaced client)."""
+        entries: list[Output | _Signal] = []
         while True:
             try:
-                entry = recv.receive_nowait()
+                entries.extend(recv.receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            items.extend(x for x in entry if not isinstance(x, (_Ack, _Ended, _Wake)))
-        items.extend(x for x in self._pending_out if not isinstance(x, (_Ack, _Ended, _Wake)))
+        if self._link is not None and not self._link.replaced.is_set():
+            while True:
+                try:
+                    self._handle(inbox.receive_nowait(), entries)
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+        items: list[Output] = []
+        signals: list[_Signal] = []
+        for x in entries:
+            (signals if isinstance(x, _SIGNALS) else items).append(x)  # type: ignore[arg-type]
+        items.extend(x for x in self._pending_out if not isinstance(x, _SIGNALS))  # type: ignore[misc]
         self._pending_out.clear()
         agg = self._aggregator
         if agg is not None:
@@ -370,40 +414,47 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         if items and not self._sink_failed:
             with trio.move_on_after(self.close_timeout):
                 await self._sink.emit(items)
+                for s in signals:
+                    self._apply(s)
 
     async def _view_task(self, inbox: trio.MemoryReceiveChannel[Delivery]) -> None:
         link = self._link
         assert link is not None
-        states = self._states
         async for delivery in inbox:
             if link.replaced.is_set():
                 return
             out: list[Output | _Signal] = []
-            for rank, frames in delivery:
-                st = states[rank]
-                for frame in frames:
-                    if frame.seq <= st.last_seq:
-                        continue  # handled before (a replay)
-                    if isinstance(frame, Log):
-                        self._log(st, frame, out)
-                    elif isinstance(frame, Mark):
-                        barrier = self._barriers.get(frame.version)
-                        if barrier is not None:
-                            barrier.seen.add(rank)
-                        out.append(_Ack(rank, frame.version))
-                    elif isinstance(frame, Exit):
-                        st.finished = True
-                        st.exit_code = frame.code
-                        if frame.code != 0:
-                            out.append(Notice("stderr", _exit_text(rank, frame.code), rank,
-                                              time.time()))
-                        out.append(_Ended(rank))
-                    st.last_seq = frame.seq
+            self._handle(delivery, out)
+            # The host may forget these frames once the sink has emitted them: until then
+            # they count against the rank's buffer limit.
+            out.extend(_Confirm(rank, frames[-1].seq) for rank, frames in delivery)
             await self._emit(out)
-            for rank, frames in delivery:
-                link.confirm(rank, frames[-1].seq)
-            if all(st.finished for st in states):
+            if all(st.finished for st in self._states):
                 return
+
+    def _handle(self, delivery: Delivery, out: list[Output | _Signal]) -> None:
+        """Turn one delivery's frames into output and signals, in order."""
+        states = self._states
+        for rank, frames in delivery:
+            st = states[rank]
+            for frame in frames:
+                if frame.seq <= st.last_seq:
+                    continue  # handled before (a replay)
+                if isinstance(frame, Log):
+                    self._log(st, frame, out)
+                elif isinstance(frame, Mark):
+                    barrier = self._barriers.get(frame.version)
+                    if barrier is not None:
+                        barrier.seen.add(rank)
+                    out.append(_Ack(rank, frame.version))
+                elif isinstance(frame, Exit):
+                    st.finished = True
+                    st.exit_code = frame.code
+                    if frame.code != 0:
+                        out.append(Notice("stderr", _exit_text(rank, frame.code), rank,
+                                          time.time()))
+                    out.append(_Ended(rank))
+                st.last_seq = frame.seq
 
     def _log(self, st: RankState, frame: Log, out: list[Output | _Signal]) -> None:
         if not self._streams(st.rank):
@@ -436,12 +487,14 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                 signals: list[_Signal] = []
                 for e in entries:
                     for x in e:
-                        if isinstance(x, (_Ack, _Ended, _Wake)):
-                            signals.append(x)
+                        if isinstance(x, _SIGNALS):
+                            signals.append(x)  # type: ignore[arg-type]
                         else:
-                            items.append(x)
+                            items.append(x)  # type: ignore[arg-type]
                 if items:
+                    self._emit_started = trio.current_time()
                     await sink.emit(items)
+                    self._emit_started = None
                 for s in signals:
                     self._apply(s)
         except BaseException as exc:
@@ -458,6 +511,9 @@ class LoggingMeshClient(trio.abc.AsyncResource):
             self._states[signal_.rank].ended = True
             for barrier in list(self._barriers.values()):
                 self._acked(barrier, signal_.rank)
+        elif isinstance(signal_, _Confirm):
+            if self._link is not None:
+                self._link.confirm(signal_.rank, signal_.seq)
         else:
             signal_.event.set()
 

@@ -1,8 +1,8 @@
 """RankState: the view's account of one rank, and its ``Log`` frames turned into output.
 
 Per chunk, never per line: the bytes are decoded once, and lines the host dropped from the
-live view under the ``"drop"`` policy (each frame says how many in all, per stream) become one
-notice: ``[1,234 lines dropped for rank 3]``.  A partial line
+live view under the ``"drop"`` policy (each frame says how many in all) become one notice on
+the stream of the frame that tells: ``[1,234 lines dropped for rank 3]``.  A partial line
 shown earlier is not shown again when its newline arrives, and a line holding ``\\r`` shows
 what a terminal would: its last state.
 """
@@ -36,8 +36,8 @@ class RankState:
     pid: int = 0
     #: Sequence number of the last frame handled.
     last_seq: int = 0
-    #: Per stream: lines the host reported dropped so far.
-    dropped: list[int] = attrs.field(factory=lambda: [0, 0])
+    #: Lines the host reported dropped so far.
+    dropped: int = 0
     #: Per stream: the last chunk ended with a partial line.
     partial_open: list[bool] = attrs.field(factory=lambda: [False, False])
     #: Streaming was off: what the next frame says was dropped is not news for the view.
@@ -55,11 +55,11 @@ class RankState:
         stream = STREAMS[sid]
         if self.resync:
             self.resync = False
-        elif msg.dropped > self.dropped[sid]:
-            dropped = msg.dropped - self.dropped[sid]
+        elif msg.dropped > self.dropped:
+            dropped = msg.dropped - self.dropped
             out.append(Notice(stream, f"[{dropped:,} lines dropped for rank {self.rank}]",
                               self.rank, time.time()))
-        self.dropped[sid] = msg.dropped
+        self.dropped = max(self.dropped, msg.dropped)
         data = msg.data if msg.partial else msg.data[:-1]
         if b"\r" in data:  # one check per chunk; per-line work only for the rare \r lines
             text = data.decode("utf-8", "replace")

@@ -4,9 +4,10 @@ A terminal paused with Ctrl-S, or a pipe nobody reads, blocks a plain ``write`` 
 as it likes.  So, by what the destination is:
 
 * **a pipe or a terminal**: written through a private non-blocking descriptor, opened anew on
-  the same pipe or terminal (``/proc/self/fd/N``), and ``trio.lowlevel.wait_writable`` when it
-  is full.  Setting ``O_NONBLOCK`` on the descriptor we inherited would change it for every
-  process sharing it -- the user's shell included;
+  the same pipe or terminal (``/proc/self/fd/N``) for each write and closed after it, and
+  ``trio.lowlevel.wait_writable`` when it is full.  Setting ``O_NONBLOCK`` on the descriptor we
+  inherited would change it for every process sharing it -- the user's shell included -- and
+  keeping ours open would keep a pipe from ever reaching end-of-file;
 * **a regular file** (``> out.txt``) or a device like ``/dev/null``: written at once, as the
   per-rank files are;
 * **anything else with a descriptor** (a socket): written from a worker thread, abandoned on
@@ -21,18 +22,18 @@ import io
 import os
 import stat
 import threading
-import weakref
 from collections.abc import Sequence
 from typing import TextIO
 
 import trio
 
+_FLAGS = os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
 
 def _private_nonblocking(fd: int) -> int | None:
     """A new non-blocking descriptor for the pipe or terminal behind ``fd``, or None."""
     try:
-        new = os.open(f"/proc/self/fd/{fd}",
-                      os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        new = os.open(f"/proc/self/fd/{fd}", _FLAGS)
     except OSError:
         return None
     try:
@@ -86,9 +87,8 @@ class TextOutput:
         if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
             private = _private_nonblocking(self._fd)
             if private is not None:
-                self._fd = private
+                os.close(private)
                 self._mode = "nonblocking"
-                weakref.finalize(self, os.close, private)
                 return
         self._mode = "thread"
 
@@ -115,11 +115,20 @@ class TextOutput:
                 while pending:
                     pending = _advance(pending, os.writev(fd, pending[:_IOV_MAX]))
             elif self._mode == "nonblocking":
-                while pending:
-                    try:
-                        pending = _advance(pending, os.writev(fd, pending[:_IOV_MAX]))
-                    except BlockingIOError:
-                        await trio.lowlevel.wait_writable(fd)
+                try:
+                    private = os.open(f"/proc/self/fd/{fd}", _FLAGS)
+                except OSError:  # ENXIO: a pipe whose reader is gone
+                    self.closed_by_reader = True
+                    return
+                try:
+                    while pending:
+                        try:
+                            pending = _advance(pending, os.writev(private, pending[:_IOV_MAX]))
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_writable(private)
+                finally:
+                    trio.lowlevel.notify_closing(private)
+                    os.close(private)
             else:
                 await trio.to_thread.run_sync(self._write_blocking, fd, pending,
                                               abandon_on_cancel=True)
