@@ -12,7 +12,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_logmesh._aggregate import (
+from trio_logmesh.view._aggregate import (
     _ANSI,
     _MASK,
     _TO_ZERO,
@@ -24,8 +24,9 @@ from trio_logmesh._aggregate import (
     fold_ranks,
     template_of,
 )
-from trio_logmesh._bench_aggregate import LevenshteinGrouper, levenshtein
-from trio_logmesh._records import GroupLine, LogLines, Output, Stream, format_output
+from trio_logmesh.view._records import GroupLine, LogLines, Output, Stream, format_output
+
+from .levenshtein import LevenshteinGrouper, levenshtein
 
 
 def batch(
@@ -35,7 +36,7 @@ def batch(
     time: float = 0.0,
     partial: bool = False,
 ) -> LogLines:
-    return LogLines(rank, stream, lines, f"host{rank // 8}", 1000 + rank, time, partial)
+    return LogLines.of(rank, stream, lines, f"host{rank // 8}", 1000 + rank, time, partial)
 
 
 def texts(outputs: Sequence[Output]) -> list[str]:
@@ -136,7 +137,9 @@ def test_group_of_one_line_prints_as_that_line() -> None:
     agg = Aggregator(3.0)
     agg.add(batch(0, "\x1b[31mE 1\x1b[0m"), now=0.0)
     agg.add(batch(5, "\x1b[31mE 2\x1b[0m", time=7.0), now=1.0)
-    assert agg.expire(3.0) == [LogLines(5, "stdout", ("\x1b[31mE 2\x1b[0m",), "host0", 1005, 7.0)]
+    assert agg.expire(3.0) == [
+        LogLines.of(5, "stdout", ("\x1b[31mE 2\x1b[0m",), "host0", 1005, 7.0)
+    ]
 
 
 def test_window_opens_with_first_line_after_idle() -> None:
@@ -212,9 +215,9 @@ def test_live_lines_of_a_batch_keep_its_metadata_and_order() -> None:
     out = agg.add(b, now=0.0)
     # New kinds print at once; consecutive ones share one LogLines; the last line is partial.
     assert out == [
-        LogLines(4, "stdout", ("a 1",), "host0", 1004, 9.5, False),
-        LogLines(4, "stdout", ("b 1", "c 1"), "host0", 1004, 9.5, False),
-        LogLines(4, "stdout", ("d 1",), "host0", 1004, 9.5, True),
+        LogLines.of(4, "stdout", ("a 1",), "host0", 1004, 9.5, False),
+        LogLines.of(4, "stdout", ("b 1", "c 1"), "host0", 1004, 9.5, False),
+        LogLines.of(4, "stdout", ("d 1",), "host0", 1004, 9.5, True),
     ]
 
 
@@ -311,44 +314,96 @@ def test_large_group_keeps_bounded_sample_but_exact_count() -> None:
     for start in range(0, total, 250):
         chunk = [f"step {v:05d} of run" for v in values[start : start + 250]]
         agg.add(batch(start // 250 % 64, *chunk), now=0.0)
-    group = agg._order[0]
-    assert group.sampled < 2 * SAMPLE_LINES
-    assert sum(len(lines) for _, lines in group.chunks) == group.sampled
     (out,) = agg.drain(now=0.0)
     assert isinstance(out, GroupLine)
+    # Counts and ranks stay exact however many lines the group holds.
     assert out.count == total - 1
-    assert out.ranks_text == "0-63"
+    assert out.ranks == tuple(range(64)) and out.ranks_text == "0-63"
+    # The spread says it comes from every k-th line, with k making that SAMPLE_LINES to
+    # 2 * SAMPLE_LINES - 1 lines: the sample is bounded (that it is exactly every k-th held
+    # line is test_sample_is_every_stride_th_held_line's business).
     m = re.fullmatch(r"step (\d{5})\.\.(\d{5}) of run \[spread of 1 in (\d+) lines\]", out.text)
     assert m, out.text
     lo, hi, stride = int(m[1]), int(m[2]), int(m[3])
+    assert stride == sample_stride(total - 1) == 128
+    assert SAMPLE_LINES <= -(-(total - 1) // stride) < 2 * SAMPLE_LINES
     assert 0 <= lo < 200 and total - 200 < hi < total  # a systematic sample reaches the ends
-    assert SAMPLE_LINES <= (total - 1) / stride < 2 * SAMPLE_LINES
+
+
+def sample_stride(held: int) -> int:
+    """The documented k for a group of ``held`` lines: 1 while ``held < 2 * SAMPLE_LINES``, else
+    the power of two leaving ``SAMPLE_LINES`` to ``2 * SAMPLE_LINES - 1`` lines of every k-th."""
+    k = 1
+    while -(-held // k) >= 2 * SAMPLE_LINES:
+        k *= 2
+    return k
+
+
+PROBES = 16
 
 
 @settings(max_examples=50, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 700), min_size=1, max_size=30),
     other_every=st.integers(2, 60),
+    data=st.data(),
 )
-def test_sample_is_every_stride_th_held_line(sizes: list[int], other_every: int) -> None:
-    # Held line number i says "v i"; other kinds interleave so lines come in many segments.
+def test_sample_is_every_stride_th_held_line(
+    sizes: list[int], other_every: int, data: st.DataObject
+) -> None:
+    # The spreads must come from held lines 0, k, 2k, ... (k = sample_stride(held)) and no
+    # others; other kinds interleave so the held lines come in many segments.  Held line i
+    # reads "v <i> r <i mod k> p <probe fields>", and the group line shows:
+    # * "v 0..<last multiple of k>": the sample starts at the first and reaches the last pick;
+    # * "r 000": every sampled line is a pick (any other one would show "000..<i mod k>");
+    # * probe field j is 5 except 0 on one pick and 9 on another: "0..9" shows both were
+    #   sampled (the probes are drawn among all picks and those next to batch boundaries).
+    held = sum(sizes)
+    k = sample_stride(held)
+    picks = range(0, held, k)
+    probed: dict[int, dict[int, str]] = {}
+    if held > 1:
+        starts = [sum(sizes[:n]) for n in range(1, len(sizes))]
+        # The last pick before each cut between batches and the first one after it.
+        near_cuts = sorted(
+            {p for s in starts for p in ((s - 1) // k * k, -(-s // k) * k) if p < held}
+        )
+        where = st.sampled_from(picks)
+        if near_cuts:
+            where = st.one_of(where, st.sampled_from(near_cuts))
+        for j in range(PROBES):
+            low, high = data.draw(st.lists(where, min_size=2, max_size=2, unique=True))
+            probed.setdefault(low, {})[j] = "0"
+            probed.setdefault(high, {})[j] = "9"
+    plain = " ".join("5" * PROBES)
+
+    def held_line(i: int) -> str:
+        probes = plain
+        if i in probed:
+            probes = " ".join(probed[i].get(j, "5") for j in range(PROBES))
+        return f"v {i} r {i % k:03d} p {probes}"
+
     agg = Aggregator(3.0)
-    agg.add(batch(0, "v -1", "other 0"), now=0.0)
-    held = 0
+    first = f"v -1 r 000 p {plain}"
+    assert live_lines(agg.add(batch(0, first, "other 0"), now=0.0)) == [first, "other 0"]
+    i = 0
     for size in sizes:
         lines = []
         for j in range(size):
-            lines.append(f"v {held}")
-            held += 1
+            lines.append(held_line(i))
+            i += 1
             if j % other_every == other_every - 1:
                 lines.append(f"other {j}")
         agg.add(batch(1, *lines), now=0.0)
-    group = agg._order[0]
-    sample = [int(ln[2:]) for _, lines in group.chunks for ln in lines]
-    assert group.count == held
-    assert sample == list(range(0, held, group.stride))
-    assert group.sampled == len(sample) < 2 * SAMPLE_LINES
-    assert group.stride == 1 or len(sample) >= SAMPLE_LINES
+    outs = [o for o in agg.drain(now=0.0) if "other" not in format_output(o)]
+    if held == 1:
+        assert outs == [batch(1, held_line(0))]
+        return
+    (out,) = outs
+    assert isinstance(out, GroupLine)
+    assert out.count == held and out.ranks == (1,)
+    suffix = f" [spread of 1 in {k} lines]" if k > 1 else ""
+    assert out.text == f"v 0..{picks[-1]} r 000 p {' '.join(['0..9'] * PROBES)}{suffix}"
 
 
 def test_spread_is_exact_below_the_sample_bound() -> None:
@@ -368,18 +423,27 @@ def test_kinds_beyond_the_bound_print_live() -> None:
         f"kind {letters[i % 26]}{letters[i // 26 % 26]}{letters[i // 676]}"
         for i in range(MAX_KINDS + 3)
     ]
-    for w in words:
-        agg.add(batch(0, w), now=0.0)
-    assert len(agg._order) == MAX_KINDS
-    assert live_lines(agg.add(batch(1, words[0], words[-1]), now=0.0)) == [words[-1]]
-    assert texts(agg.drain(now=0.0)) == [f"[1] {words[0]}"]
+    for w in words:  # every kind is new: printed live
+        assert live_lines(agg.add(batch(0, w), now=0.0)) == [w]
+    # A repeat of each: the first MAX_KINDS kinds are tracked, so their repeats are held; the
+    # kinds beyond the bound were not, so theirs print live again.
+    assert live_lines(agg.add(batch(1, *words), now=0.0)) == words[MAX_KINDS:]
+    assert texts(agg.drain(now=0.0)) == [f"[1] {w}" for w in words[:MAX_KINDS]]
+    # The bound is per window: in the next one a kind is tracked again.
+    assert live_lines(agg.add(batch(2, words[-1]), now=0.0)) == [words[-1]]
+    assert agg.add(batch(3, words[-1]), now=0.0) == []
+    assert texts(agg.drain(now=0.0)) == [f"[3] {words[-1]}"]
 
 
-def test_a_line_holding_a_newline_is_still_counted_once() -> None:
+def test_a_newline_inside_a_given_line_makes_two_lines_each_counted_once() -> None:
+    # A chunk is bytes joined by "\n": a "line" holding "\n" is two lines, each classified,
+    # printed or counted on its own, exactly once.
+    first, second = batch(0, "a 1", "b\n1", "a 2"), batch(1, "b\n2", "a 3")
+    assert first.lines == ("a 1", "b", "1", "a 2") and second.lines == ("b", "2", "a 3")
     agg = Aggregator(3.0)
-    agg.add(batch(0, "a 1", "b\n1", "a 2"), now=0.0)
-    agg.add(batch(1, "b\n2", "a 3"), now=0.0)
-    assert texts(agg.drain(now=0.0)) == ["[2x ranks 0-1] a 2..3", "[1] b\n2"]
+    assert live_lines(agg.add(first, now=0.0)) == ["a 1", "b", "1"]
+    assert agg.add(second, now=0.0) == []
+    assert texts(agg.drain(now=0.0)) == ["[2x ranks 0-1] a 2..3", "[1] b", "[1] 2"]
 
 
 def test_repeated_blocks_are_counted_and_sampled_exactly() -> None:
@@ -420,7 +484,7 @@ class ReferenceAggregator:
         for (stream, _), g in self.groups.items():
             if len(g.held) == 1:
                 b, i = g.held[0]
-                out.append(LogLines(b.rank, b.stream, (b.lines[i],), b.hostname, b.pid, b.time))
+                out.append(LogLines.of(b.rank, b.stream, (b.lines[i],), b.hostname, b.pid, b.time))
             elif g.held:
                 out.append(self.group_line(stream, g))  # type: ignore[arg-type]
         self.groups = {}
@@ -432,7 +496,9 @@ class ReferenceAggregator:
         fields: list[list[str]] = []
         parts: list[str] = []
         kinds: list[str] = []
-        for b, i in g.held:
+        # Past the bound the spreads come from every k-th held line (the documented sample).
+        k = sample_stride(len(g.held))
+        for b, i in g.held[::k]:
             clean = _ANSI.sub("", b.lines[i])
             ms = list(_MASK.finditer(clean.translate(_TO_ZERO)))
             if not fields:
@@ -449,10 +515,14 @@ class ReferenceAggregator:
                 lo = min(values, key=float)
                 hi = max(values, key=float)
                 shown.append(values[0] if float(lo) == float(hi) else f"{lo}..{hi}")
+            elif kind == "bar":
+                shown.append(values[-1])
             else:
                 distinct = list(dict.fromkeys(values))
                 shown.append("|".join(distinct) if len(distinct) <= 3 else distinct[0] + "…")
         text = parts[0] + "".join(s + p for s, p in zip(shown, parts[1:], strict=True))
+        if k > 1:
+            text += f" [spread of 1 in {k} lines]"
         ranks = tuple(sorted({b.rank for b, _ in g.held}))
         times = [b.time for b, _ in g.held]
         return GroupLine(
@@ -507,7 +577,7 @@ class ReferenceAggregator:
                 runs.append([i])
         for r in runs:
             out.append(
-                LogLines(
+                LogLines.of(
                     b.rank,
                     b.stream,
                     b.lines[r[0] : r[-1] + 1],
@@ -529,15 +599,23 @@ _num = st.one_of(
 )
 _line = st.lists(st.one_of(_word, _num), max_size=5).map(" ".join)
 _styled = st.one_of(_line, _line.map(lambda s: f"\x1b[3{len(s) % 8}m{s}\x1b[0m"))
-# Runs and repeated blocks of lines, as real output has them.
-_lines = st.lists(
-    st.tuples(st.lists(_styled, min_size=1, max_size=3), st.integers(1, 6)), max_size=5
-).map(lambda parts: [ln for block, times in parts for _ in range(times) for ln in block])
+
+
+def _runs(min_size: int) -> st.SearchStrategy[list[str]]:
+    """Runs and repeated blocks of lines, as real output has them."""
+    return st.lists(
+        st.tuples(st.lists(_styled, min_size=1, max_size=3), st.integers(1, 6)),
+        min_size=min_size,
+        max_size=5,
+    ).map(lambda parts: [ln for block, times in parts for _ in range(times) for ln in block])
+
+
+_lines = _runs(0)
 _batch = st.builds(
-    LogLines,
+    LogLines.of,  # a chunk holds at least one line
     rank=st.integers(0, 3),
     stream=st.sampled_from(["stdout", "stderr"]),
-    lines=_lines.map(tuple),
+    lines=_runs(1).map(tuple),
     hostname=st.just("h"),
     pid=st.just(7),
     time=st.floats(0, 100, allow_nan=False),
@@ -554,29 +632,29 @@ _action = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_lines, min_size=1, max_size=8))
-def test_segments_give_every_line_its_own_shape(batches: list[list[str]]) -> None:
-    # The fast path cuts a batch into runs and repeated blocks with cached guesses; a bug
-    # there would only send batches to the slow per-line fallback, so check it directly.
-    agg = Aggregator(3.0)
-    for lines in batches:
+@given(st.lists(_lines, min_size=1, max_size=8), st.booleans())
+def test_segments_give_every_line_its_own_shape(batches: list[list[str]], each: bool) -> None:
+    # The fast path cuts a batch into runs and repeated blocks, with run-length guesses carried
+    # over from earlier batches.  Every line must still be the kind template_of gives it alone,
+    # and its fields be read where its own shape has them: the live lines and the summaries
+    # (counts, ranks, spreads) are what the per-line model predicts.  One long window, or a
+    # window drained after every batch (more lines are then first of their kind, printed live).
+    agg = Aggregator(1e9)
+    model = ReferenceAggregator(1e9)
+    got: list[Output] = []
+    want: list[Output] = []
+    for n, lines in enumerate(batches):
         if not lines:
             continue
-        shapes = [_ANSI.sub("", ln).translate(_TO_ZERO) for ln in lines]
-        joined = "\n".join(shapes) + "\n"
-        if joined.isascii():
-            segments = agg._segments(joined.encode(), len(lines), b"\n")
-        else:
-            segments = agg._segments(joined, len(lines), "\n")
-        assert segments is not None
-        got: dict[int, object] = {}
-        for info, a, k, reps, period in segments:
-            for t in range(reps):
-                for i in range(a + t * period, a + t * period + k):
-                    assert i not in got
-                    got[i] = info.reps[0][:-1]
-        want = {i: s.encode() if joined.isascii() else s for i, s in enumerate(shapes)}
-        assert got == want
+        b = LogLines.of(n % 2, "stdout", lines, time=float(n))
+        got += agg.add(b, now=0.0)
+        want += model.add(b, now=0.0)
+        if each:
+            got += agg.drain(now=0.0)
+            want += model.drain(now=0.0)
+    got += agg.drain(now=0.0)
+    want += model.drain(now=0.0)
+    assert got == want
 
 
 @given(
@@ -634,8 +712,10 @@ def test_every_line_is_shown_once_or_counted_once(actions: list, across: bool, r
     inflated = []
     for name, arg, dt in actions:
         if name == "add":
-            lines = tuple(f"{ln} #{next(uid)}" for ln in arg.lines * repeat)
-            arg = attrs.evolve(arg, lines=lines)
+            lines = [f"{ln} #{next(uid)}" for ln in arg.lines * repeat]
+            arg = LogLines.of(
+                arg.rank, arg.stream, lines, arg.hostname, arg.pid, arg.time, arg.partial
+            )
         inflated.append((name, arg, dt))
     fed = sum(len(arg.lines) for name, arg, _ in inflated if name == "add")
     results = _run(Aggregator(3.0, across_ranks_only=across), inflated)
@@ -878,7 +958,7 @@ def test_progress_bars_of_all_ranks_are_one_kind_showing_the_latest_state():
               (2, " 57%|█████▋    | 17/30"), (3, "100%|##########| 30/30")]
     out = []
     for i, (rank, bar) in enumerate(states):
-        out += agg.add(LogLines(rank, "stderr", (f"epoch 0 rank {rank}:{bar}",), time=i / 2),
+        out += agg.add(LogLines.of(rank, "stderr", (f"epoch 0 rank {rank}:{bar}",), time=i / 2),
                        i / 2)
     out += agg.expire(10.0)
     assert [type(o).__name__ for o in out] == ["LogLines", "GroupLine"]
