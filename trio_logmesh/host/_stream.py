@@ -28,11 +28,15 @@ from ._lines import COMPLETE, PROGRESS, LineSplitter
 from ._outbox import RankOutbox
 
 READ_SIZE = 256 * 1024
-#: After a short read, wait this long before the next one, so that a flooding child's output
-#: is handled in big chunks (the per-chunk cost dominates the host's work) at the price of at
-#: most this much latency.  The pipe is enlarged so the child never blocks meanwhile.
+#: After a read that found the pipe less than half full, wait this long before the next one,
+#: so that a busy child's output is handled in bigger chunks, at the price of at most this
+#: much latency.  A read that found it fuller is followed at once: a fast child is never held
+#: back by the pause.
 COALESCE_SEC = 0.002
+#: The pipe size asked for: room for what a busy child writes during a pause.  (128 KiB and
+#: 1 MiB measured the same, host and children, over 16 alternating trials of each.)
 PIPE_SIZE = 1024 * 1024
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 _INT = struct.Struct("i")
@@ -104,13 +108,18 @@ class StreamFwder:
     read_buffer: ReadBuffer = attrs.field(factory=ReadBuffer)
     _cuts: list[tuple[int, Callable[[], None]]] = attrs.field(factory=list)
     _fd: int = -1
+    _busy: int = READ_SIZE  # a read at least this big means the pipe was filling up
 
     def __attrs_post_init__(self) -> None:
         self._fd = self.pipe.fileno()
-        try:  # Linux: a bigger pipe lets us read less often without blocking the child
+        try:  # Linux: room for what arrives during a pause, so the child does not block
             fcntl.fcntl(self._fd, _F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass
+        try:
+            self._busy = min(READ_SIZE, fcntl.fcntl(self._fd, _F_GETPIPE_SZ)) // 2
+        except OSError:
+            self._busy = 32 * 1024
 
     # -- output --------------------------------------------------------------------------
     def _emit(self, data: bytes, kind: int) -> None:
@@ -139,8 +148,8 @@ class StreamFwder:
 
     # -- the task ------------------------------------------------------------------------
     async def _read(self) -> bytes:
-        """The next chunk of the pipe (``b""`` at EOF); a checkpoint either way."""
-        await trio.lowlevel.checkpoint()
+        """The next chunk of the pipe (``b""`` at EOF).  Not a checkpoint when data is waiting:
+        the loop in :meth:`run` yields after every chunk."""
         rb = self.read_buffer
         while True:
             try:
@@ -176,8 +185,10 @@ class StreamFwder:
                 for data, kind in self.splitter.feed(chunk, trio.current_time()):
                     self._emit(data, kind)
                 self._check_cuts()
-                if len(chunk) < READ_SIZE // 2 and not self._cuts:
+                if len(chunk) < self._busy and not self._cuts:
                     await trio.sleep(COALESCE_SEC)
+                else:
+                    await trio.lowlevel.checkpoint()
         finally:
             self.eof = True
             self._emit_pending()
