@@ -272,3 +272,15 @@ def test_a_stdout_nobody_reads_never_holds_back_the_ranks_or_the_files(tmp_path)
         proc.wait()
         for fd in (ready_fd, keep, unread_r):
             os.close(fd)
+
+
+def test_a_stdout_on_a_full_disk_ends_the_live_view_with_one_line(tmp_path):
+    with open("/dev/full", "w") as full:
+        res = subprocess.run(LOGMESH + ["run", "-n", "2", "--no-window", "--", "bash", "-c",
+                                        "echo hi"], stdout=full, stderr=subprocess.PIPE,
+                             text=True, timeout=60, cwd=ROOT,
+                             env=dict(os.environ, LOGMESH_LOG_DIR=str(tmp_path)))
+    assert res.returncode == 0
+    assert "Traceback" not in res.stderr
+    assert ("logmesh: the live view stopped: cannot write to stdout: No space left on device; "
+            "the per-rank files are complete") in res.stderr

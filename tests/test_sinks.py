@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -122,3 +123,13 @@ def test_make_sink_wraps_what_users_pass():
     assert isinstance(lm.make_sink(print), lm.CallableSink)
     with pytest.raises(TypeError, match="sink must be"):
         lm.make_sink(42)
+
+
+async def test_an_output_that_fails_stops_the_live_view_and_says_why():
+    with open("/dev/full", "w") as full:
+        sink = lm.TerminalSink(stdout=full, stderr=full)
+        await sink.emit([lines_of(0, "x")])  # no exception: the run goes on
+        assert set(sink.output_errors) == {"stdout"}
+        assert sink.output_errors["stdout"].errno == errno.ENOSPC
+        await sink.emit([lines_of(0, "y"), lines_of(1, "z", stream="stderr")])
+        assert set(sink.output_errors) == {"stdout", "stderr"}

@@ -106,8 +106,15 @@ async def run_command(args: argparse.Namespace) -> int:
                 await client.wait_finished()
             await client.aclose()
             nursery.cancel_scope.cancel()
-    for line in summary(mesh, codes):
-        sys.stderr.write(line + "\n")
+    lines = summary(mesh, codes)
+    for name, error in sink.output_errors.items():
+        lines.append(f"logmesh: the live view stopped: cannot write to {name}: "
+                     f"{error.strerror or error}; the per-rank files are complete")
+    for line in lines:
+        try:
+            sys.stderr.write(line + "\n")
+        except OSError:
+            break
     return 130 if interrupted else exit_status(codes)
 
 

@@ -90,6 +90,12 @@ class TerminalSink:
         """Whether the reader of our stdout or stderr went away."""
         return any(o.closed_by_reader for o in self._outputs.values())
 
+    @property
+    def output_errors(self) -> dict[str, OSError]:
+        """The error that ended output to ``"stdout"`` or ``"stderr"``, if any (a full disk,
+        a terminal that hung up): the live view stopped there, the run went on."""
+        return {name: o.error for name, o in self._outputs.items() if o.error is not None}
+
     def render(self, item: Output) -> list[bytes]:
         """One item as the bytes written for it (with its final newline), in pieces."""
         color = self._color[item.stream]
@@ -140,6 +146,11 @@ class JsonSink:
     def output_closed(self) -> bool:
         """Whether the reader of the output went away."""
         return self._output.closed_by_reader
+
+    @property
+    def output_errors(self) -> dict[str, OSError]:
+        """The error that ended the output, if any, as ``{"stdout": error}``."""
+        return {"stdout": self._output.error} if self._output.error is not None else {}
 
     @staticmethod
     def render(item: Output) -> str:

@@ -52,7 +52,9 @@ class TextOutput:
     ``raw=False`` always goes through the stream's own ``write`` (a file the caller owns and
     may write to as well); ``flush`` then says whether to flush it after each write.
     ``closed_by_reader`` turns true when the reader went away (``EPIPE``, as under ``| head``):
-    later writes are dropped silently, like a Unix tool's output into a closed pipe.
+    later writes are dropped silently, like a Unix tool's output into a closed pipe.  Any other
+    error writing a descriptor (a full disk, a terminal that hung up) is kept in ``error`` and
+    ends the output the same way: the live view stops, the run and its files go on.
     """
 
     def __init__(self, stream: TextIO, *, flush: bool = True, raw: bool = True) -> None:
@@ -67,6 +69,7 @@ class TextOutput:
         self._mode = ""  # decided at the first write: "text", "inline", "nonblocking", "thread"
         self._lock = threading.Lock()  # thread mode: in order, even after an abandoned write
         self.closed_by_reader = False
+        self.error: OSError | None = None
 
     def _decide(self) -> None:
         if self._fd is None:
@@ -98,7 +101,7 @@ class TextOutput:
         leave half a line."""
         if not self._mode:
             self._decide()
-        if self.closed_by_reader:
+        if self.closed_by_reader or self.error is not None:
             return
         pending = [memoryview(p) for p in parts if p]
         if not pending:
@@ -134,16 +137,22 @@ class TextOutput:
                                               abandon_on_cancel=True)
         except BrokenPipeError:
             self.closed_by_reader = True
+        except OSError as exc:
+            if self._mode == "text":
+                raise  # a stream object of the caller's: its error is theirs to see
+            self.error = exc
 
     def _write_blocking(self, fd: int, pending: list[memoryview]) -> None:
         with self._lock:
-            if self.closed_by_reader:
+            if self.closed_by_reader or self.error is not None:
                 return
             try:
                 while pending:
                     pending = _advance(pending, os.writev(fd, pending[:_IOV_MAX]))
             except BrokenPipeError:
                 self.closed_by_reader = True
+            except OSError as exc:
+                self.error = exc
 
 
 _IOV_MAX = 1024
