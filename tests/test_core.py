@@ -306,3 +306,19 @@ async def test_python_flags_that_skip_site_run_without_an_agent(run_mesh):
         with trio.fail_after(10):
             await run.sink.wait_for(lambda: run.sink.lines() == ["isolated"])
             await run.client.flush()
+
+
+async def test_a_line_printed_after_an_idle_spell_still_shows_by_itself(run_mesh, ready):
+    # While a rank is idle its agent flushes less often; the next line must still come out
+    # without a barrier (within the idle interval, a quarter second).
+    child = READY_PY + r"""
+import time
+ready("idle")
+time.sleep(1.5)
+print("after a nap")  # block-buffered: only the agent's periodic flush brings it out
+time.sleep(60)
+"""
+    async with run_mesh([PY, "-c", child], 1, env=ready.env, grace=1.0) as run:
+        await ready.wait("idle")
+        with trio.fail_after(10):
+            await run.sink.wait_for(lambda: run.sink.lines() == ["after a nap"])

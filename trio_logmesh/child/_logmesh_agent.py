@@ -6,7 +6,9 @@ host at ``BOOTSTRAP_LOG_CHANNEL``, says hello with the run's token, and runs one
 ``logmesh-agent``, driving the same sans-I/O ``ControlConnection`` as the host:
 
 * every ``LOGMESH_FLUSH_INTERVAL`` seconds it flushes ``sys.stdout``/``sys.stderr``, so
-  block-buffered output shows up promptly (0 turns this off);
+  block-buffered output shows up promptly (0 turns this off).  While the program's own threads
+  use no CPU at all (it sleeps, or waits), the interval doubles up to :data:`IDLE_INTERVAL`, and
+  it is back at once when they run again: 128 idle ranks cost a fraction of a core, not half;
 * ``FORCE_SYNC_FLUSH(v)``: it flushes Python and C stdio, then answers ``FLUSHED(v)``; the host
   then cuts the pipes at what they hold, so the barrier marker goes behind the data;
 * ``SET_LEVEL(n)``: it sets the root logging level (the LoggerRuntime of the seed).
@@ -25,6 +27,14 @@ import os
 import select
 import sys
 import threading
+import time
+
+#: The longest pause between periodic flushes of an idle program (seconds).
+IDLE_INTERVAL = 0.25
+#: CPU seconds the program's threads must use between two ticks to count as active.  Reading
+#: "process minus this thread" jitters by a microsecond or so; a print too small to cross this
+#: is still flushed within IDLE_INTERVAL.
+_ACTIVE_CPU = 50e-6
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _PROTOCOL = os.path.join(os.path.dirname(_HERE), "protocol")
@@ -132,8 +142,10 @@ class Agent:
 
     def _loop(self) -> None:
         interval = self.interval
+        current = interval
+        others = time.process_time() - time.thread_time()  # CPU of the program's threads
         while _user_threads_alive():
-            timeout = interval if interval > 0 else None
+            timeout = current if interval > 0 else None
             if _main_done or not threading.main_thread().is_alive():
                 timeout = 0.05  # only the program's other threads keep it going: look again soon
             fds = [self.wake_r] if self.sock is None else [self.wake_r, self.sock.fileno()]
@@ -141,11 +153,17 @@ class Agent:
             if not ready:
                 if interval > 0:
                     _flush_user_buffers(with_c=False)
+                    now = time.process_time() - time.thread_time()
+                    # Anything printed since the last tick cost its thread some CPU.
+                    active = now - others > _ACTIVE_CPU
+                    current = interval if active else min(current * 2, IDLE_INTERVAL)
+                    others = now
                 continue
             if self.wake_r in ready:
                 os.read(self.wake_r, 64)
             if self.sock is not None and self.sock.fileno() in ready:
                 self._readable()
+                current = interval
 
     def _readable(self) -> None:
         assert self.sock is not None

@@ -550,18 +550,23 @@ class Aggregator:
     ) -> None:
         """Route ``seg`` (lines ``off...`` of ``batch``) to groups or to ``live``."""
         m = len(seg)
-        joined = batch.text if m == len(batch.lines) else "\n".join(seg)
         clean: Sequence[str] = seg
         segments = None
-        if "\x1b" in joined:
-            joined = _ANSI.sub("", joined)
-            clean = joined.split("\n")
-        if len(clean) == m:
-            if joined.isascii():  # bytes.translate is the cheaper pass; offsets stay equal
-                shapes: Any = joined.encode("ascii").translate(_TO_ZERO_B) + b"\n"
-                segments = self._segments(shapes, m, b"\n")
-            else:
-                segments = self._segments((joined + "\n").translate(_TO_ZERO), m, "\n")
+        raw = batch.data
+        if m == len(batch.lines) and raw.isascii() and b"\x1b" not in raw:
+            # The whole chunk, plain ASCII: its shapes straight from its bytes.
+            segments = self._segments(raw.translate(_TO_ZERO_B) + b"\n", m, b"\n")
+        else:
+            joined = batch.text if m == len(batch.lines) else "\n".join(seg)
+            if "\x1b" in joined:
+                joined = _ANSI.sub("", joined)
+                clean = joined.split("\n")
+            if len(clean) == m:
+                if joined.isascii():  # bytes.translate is the cheaper pass; offsets stay equal
+                    shapes: Any = joined.encode("ascii").translate(_TO_ZERO_B) + b"\n"
+                    segments = self._segments(shapes, m, b"\n")
+                else:
+                    segments = self._segments((joined + "\n").translate(_TO_ZERO), m, "\n")
         if segments is None:  # a "line" holding "\n": shape each one on its own
             clean = [_ANSI.sub("", ln) if "\x1b" in ln else ln for ln in seg]
             segments = [
