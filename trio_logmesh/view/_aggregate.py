@@ -47,7 +47,9 @@ C-level string operations, never running the regular expression on a shape seen 
   measured as one unit.
 
 So the cost is one translation pass per character plus a few Python operations per *run* of
-lines, not per line.  Lines whose shapes keep changing (a new hex id or UUID on every line)
+lines, not per line.  A plain ASCII chunk is shaped straight from its bytes, and when all its
+lines have one shape (so one length, the common case of a flood) it is never split into line
+objects at all: the sampler slices the few lines it keeps out of the chunk's bytes.  Lines whose shapes keep changing (a new hex id or UUID on every line)
 cost one regex pass each.  A consequence of masking on the shape: any ``<digit>x<hex>`` token,
 such as ``8x8``, is a ``hex`` field.
 
@@ -91,7 +93,8 @@ every k-th held line (``SAMPLE_LINES`` to ``2 * SAMPLE_LINES - 1`` lines, k doub
 needed), and the group line says so with a `` [spread of 1 in k lines]`` suffix.  At most
 ``MAX_KINDS`` kinds are tracked per window; lines of further new kinds are printed live.  The
 shape cache is cleared when it holds ``MAX_SHAPES`` shapes or ``MAX_SHAPE_CHARS`` characters.
-Lines are expected not to contain ``\n``; a batch where one does is classified line by line.
+(A batch whose lines the run-measuring pass cannot account for is classified line by line:
+a safety net that chunks from the view, which never hold a ``\n`` inside a line, do not need.)
 """
 
 from __future__ import annotations
@@ -401,6 +404,35 @@ class _Group:
         )
 
 
+class _UniformLines(Sequence[str]):
+    """The lines of a chunk whose lines all have one length, sliced from its bytes only when
+    asked for (the sampler asks for a few): no per-line objects for the rest."""
+
+    __slots__ = ("_raw", "_width", "_n")
+
+    def __init__(self, raw: bytes, width: int, n: int) -> None:
+        self._raw = raw  # ASCII: byte offsets are character offsets
+        self._width = width  # a line and its newline
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        start = i * self._width
+        return self._raw[start : start + self._width - 1].decode("ascii")
+
+    def raw(self, a: int, b: int) -> bytes:
+        """Lines ``a..b`` as bytes, joined by newlines."""
+        return self._raw[a * self._width : b * self._width - 1]
+
+
 def _check_window(window: float) -> float:
     if not (isinstance(window, (int, float)) and math.isfinite(window) and window > 0):
         raise ValueError(f"window must be a finite number of seconds > 0, got {window!r}")
@@ -492,10 +524,7 @@ class Aggregator:
         every line is live, the result holds ``batch`` itself.
         """
         out = self._close() if self._deadline is not None and now >= self._deadline else []
-        lines = batch.lines
-        n = len(lines)
-        if not n:
-            return out
+        n = batch.line_count  # no splitting yet: most chunks never need it
         live: list[tuple[int, int]] = []
         lo = 0
         if self._continued:
@@ -510,11 +539,12 @@ class Aggregator:
             hi = max(n - 1, lo)
         else:
             hi = n
+        lines: Sequence[str] | None = None
         if hi > lo:
             if self._deadline is None:
                 self._open_time = now
                 self._deadline = now + self._window
-            self._classify(batch, lines if hi - lo == n else lines[lo:hi], lo, live)
+            lines = self._classify(batch, lo, hi, live)
         if hi < n:
             live.append((hi, n))
         if not live:
@@ -531,33 +561,37 @@ class Aggregator:
         for a, b in live:
             if b - a == n:
                 out.append(batch)
+                continue
+            if isinstance(lines, _UniformLines):
+                data = lines.raw(a, b)
             else:
-                out.append(
-                    LogLines(
-                        batch.rank,
-                        batch.stream,
-                        "\n".join(lines[a:b]).encode("utf-8", "surrogateescape"),
-                        batch.hostname,
-                        batch.pid,
-                        batch.time,
-                        batch.partial and b == n,
-                    )
-                )
+                data = "\n".join(batch.lines[a:b]).encode("utf-8", "surrogateescape")
+            out.append(LogLines(batch.rank, batch.stream, data, batch.hostname, batch.pid,
+                                batch.time, batch.partial and b == n))
         return out
 
     def _classify(
-        self, batch: LogLines, seg: Sequence[str], off: int, live: list[tuple[int, int]]
-    ) -> None:
-        """Route ``seg`` (lines ``off...`` of ``batch``) to groups or to ``live``."""
-        m = len(seg)
-        clean: Sequence[str] = seg
-        segments = None
+        self, batch: LogLines, lo: int, hi: int, live: list[tuple[int, int]]
+    ) -> Sequence[str]:
+        """Route lines ``lo..hi`` of ``batch`` to groups or to ``live``; return the batch's
+        lines (as the sampler saw them: escapes removed, when it had to split them)."""
+        off = lo
+        m = hi - lo
         raw = batch.data
-        if m == len(batch.lines) and raw.isascii() and b"\x1b" not in raw:
-            # The whole chunk, plain ASCII: its shapes straight from its bytes.
+        segments = None
+        clean: Sequence[str]
+        if m == batch.line_count and raw.isascii() and b"\x1b" not in raw:
+            # The whole chunk, plain ASCII: its shapes straight from its bytes, and when they
+            # are all one shape (so all one length) its lines are sliced only when sampled.
             segments = self._segments(raw.translate(_TO_ZERO_B) + b"\n", m, b"\n")
+            if segments is not None and len(segments) == 1:
+                clean = _UniformLines(raw, len(segments[0][0].reps[0]), m)
+            else:
+                clean = batch.lines
         else:
-            joined = batch.text if m == len(batch.lines) else "\n".join(seg)
+            seg = batch.lines if m == batch.line_count else batch.lines[lo:hi]
+            clean = seg
+            joined = batch.text if m == batch.line_count else "\n".join(seg)
             if "\x1b" in joined:
                 joined = _ANSI.sub("", joined)
                 clean = joined.split("\n")
@@ -567,12 +601,13 @@ class Aggregator:
                     segments = self._segments(shapes, m, b"\n")
                 else:
                     segments = self._segments((joined + "\n").translate(_TO_ZERO), m, "\n")
-        if segments is None:  # a "line" holding "\n": shape each one on its own
-            clean = [_ANSI.sub("", ln) if "\x1b" in ln else ln for ln in seg]
-            segments = [
-                (self._shape(ln.translate(_TO_ZERO), "\n"), i, 1, 1, 0)
-                for i, ln in enumerate(clean)
-            ]
+            if segments is None:  # a "line" holding "\n": shape each one on its own
+                clean = [_ANSI.sub("", ln) if "\x1b" in ln else ln for ln in seg]
+                segments = [
+                    (self._shape(ln.translate(_TO_ZERO), "\n"), i, 1, 1, 0)
+                    for i, ln in enumerate(clean)
+                ]
+        assert segments is not None
         groups = self._groups[batch.stream]
         rank = batch.rank
         across = self._across
@@ -611,6 +646,7 @@ class Aggregator:
                 start = a + t * period + (held and not t)
                 if start < a + t * period + k:
                     live.append((off + start, off + a + t * period + k))
+        return clean
 
     def _shape(self, key: Any, nl: Any) -> _Shape:
         """The meaning of shape ``key`` (str, or ASCII bytes with ``nl == b"\\n"``), cached."""
