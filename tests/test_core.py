@@ -322,3 +322,30 @@ time.sleep(60)
         await ready.wait("idle")
         with trio.fail_after(10):
             await run.sink.wait_for(lambda: run.sink.lines() == ["after a nap"])
+
+
+async def test_the_body_exception_survives_a_teardown_error(log_dir):
+    # The mesh's own client (logging_option) flushes at teardown; its sink fails then.  The
+    # user's ValueError is what comes out, the sink's error attached to it, not in its place.
+    class SinkBroke(Exception):
+        pass
+
+    failing = []
+
+    def sink(item):
+        if failing:
+            raise SinkBroke("the sink failed during teardown")
+
+    with pytest.raises(ValueError, match="the user's own") as info:
+        # The ranks say goodbye when the teardown's SIGTERM reaches them: the sink is called.
+        child = "trap 'echo bye; exit 0' TERM; echo hi; sleep 30 & wait"
+        async with lm.open_proc_mesh(["bash", "-c", child], procs=2, log_dir=log_dir,
+                                     announce=False, grace=2.0) as mesh:
+            client = await mesh.logging_option(sink=sink)
+            await client.flush()
+            failing.append(True)
+            raise ValueError("the user's own")
+    assert not isinstance(info.value, BaseExceptionGroup)
+    notes = getattr(info.value, "__notes__", [])
+    assert any("the sink failed during teardown" in n for n in notes), notes
+    assert mesh.returncodes == [0, 0]  # and the teardown still stopped the ranks

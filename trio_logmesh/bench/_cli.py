@@ -12,6 +12,7 @@ from ._scenarios import (
     cpu,
     cpu_from_throughput,
     flush,
+    idle,
     latency,
     memory,
     stall,
@@ -43,6 +44,8 @@ def run_scenario(name: str, args: argparse.Namespace) -> list[Result]:
         return [memory(p, args.seconds, args.sink_delay) for p in procs or [16]]
     if name == "stall":
         return [stall(p, lines or 1_000_000, args.stall_seconds) for p in procs or [2]]
+    if name == "idle":
+        return [idle(p) for p in procs or [128]]
     raise ValueError(f"unknown scenario {name!r}")
 
 
@@ -70,6 +73,7 @@ def run_all(args: argparse.Namespace) -> list[Target]:
     summary += _print_scenario("flush", flush((4, 32, 128), args.flushes, 1), args.json)
     summary += _print_scenario("memory", [memory(16, args.seconds, args.sink_delay)], args.json)
     summary += _print_scenario("stall", [stall(2, 1_000_000, args.stall_seconds)], args.json)
+    _print_scenario("idle", [idle(128)], args.json)
     print("== summary ==")
     print(format_targets(summary))
     return summary

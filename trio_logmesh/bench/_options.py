@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-SCENARIOS = ("throughput", "aggregate", "cpu", "latency", "flush", "memory", "stall", "grouping",
-             "all")
+SCENARIOS = ("throughput", "aggregate", "cpu", "latency", "flush", "memory", "stall", "idle",
+             "grouping", "all")
 
 
 def _int_list(text: str) -> list[int]:
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-p", "--procs", type=_int_list, action="extend", default=None, metavar="N[,N]",
         help="children (repeatable / comma list; default: 4 for throughput, aggregate and cpu; "
-             "4,32,128 for flush; 16 for memory)",
+             "4,32,128 for flush; 16 for memory; 2 for stall; 128 for idle)",
     )
     parser.add_argument(
         "-l", "--lines", type=int, default=None,

@@ -11,6 +11,7 @@ and the ratios the targets are judged on.
 * ``memory``: the driver's RSS while 16 children flood a slow sink (``"drop"`` policy).
 * ``stall``: ``logmesh run`` with stdout a pipe nobody reads against stdout into a file: the
   children must finish and their files be complete.
+* ``idle``: what idle Python ranks (their agents) and the driver cost, in percent of a core.
 """
 
 from __future__ import annotations
@@ -221,4 +222,15 @@ def stall(procs: int = 2, lines: int = 1_000_000, seconds: float = 25.0) -> Resu
         and stalled["file_bytes"] == stalled["expected_bytes"] > 0,
         "file_finish_s": normal["finish_s"],
         "stalled_over_file_time": stalled["finish_s"] / normal["finish_s"],
+    }
+
+
+def idle(procs: int = 128, seconds: float = 5.0) -> Result:
+    """What ``procs`` idle Python ranks and the driver cost, in percent of one core."""
+    t = run_trial("idle", procs=procs, seconds=seconds)
+    return {
+        "idle_children": procs,
+        "seconds": seconds,
+        "children_cpu_pct_of_core": t["children_cpu_s"] / t["wall"] * 100,
+        "driver_cpu_pct_of_core": t["driver_cpu_s"] / t["wall"] * 100,
     }

@@ -347,6 +347,34 @@ def trial_flush(procs: int, flushes: int, warmup: int = 3, gap: float = 0.05) ->
     return trio.run(_trial_flush, procs, flushes, warmup, gap)
 
 
+# -- idle trial --------------------------------------------------------------------------------
+async def _trial_idle(procs: int, seconds: float) -> Result:
+    import trio
+
+    import trio_logmesh as lm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        async with lm.open_proc_mesh(
+            [sys.executable, "-c", IDLE_CHILD], procs=procs, env={"PYTHONUNBUFFERED": None},
+            log_dir=tmp, announce=False,
+        ) as mesh:
+            async with lm.open_logging_client(mesh, sink=lambda item: None) as client:
+                await client.flush(timeout=120)  # every agent is up
+                await trio.sleep(1)  # and has settled into its idle pace
+                kids0, cpu0, t0 = procs_cpu(mesh.pids), _self_cpu(), time.perf_counter()
+                await trio.sleep(seconds)
+                wall = time.perf_counter() - t0
+                kids, driver = procs_cpu(mesh.pids) - kids0, _self_cpu() - cpu0
+    return {"children_cpu_s": kids, "driver_cpu_s": driver, "wall": wall}
+
+
+def trial_idle(procs: int, seconds: float) -> Result:
+    """CPU used by ``procs`` idle Python ranks (and the driver) over ``seconds``."""
+    import trio
+
+    return trio.run(_trial_idle, procs, seconds)
+
+
 # -- memory trial ------------------------------------------------------------------------------
 async def _trial_memory(procs: int, seconds: float, sink_delay: float, sample: float) -> Result:
     import trio
@@ -481,6 +509,7 @@ TRIALS: dict[str, Callable[..., Result]] = {
     "flush": trial_flush,
     "memory": trial_memory,
     "stall": trial_stall,
+    "idle": trial_idle,
 }
 
 
