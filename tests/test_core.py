@@ -330,20 +330,23 @@ async def test_the_body_exception_survives_a_teardown_error(log_dir):
     class SinkBroke(Exception):
         pass
 
-    failing = []
+    class FailsWhenArmed(Collected):
+        armed = False
 
-    def sink(item):
-        if failing:
-            raise SinkBroke("the sink failed during teardown")
+        async def emit(self, items):
+            if self.armed:
+                raise SinkBroke("the sink failed during teardown")
+            await super().emit(items)
 
+    sink = FailsWhenArmed()
     with pytest.raises(ValueError, match="the user's own") as info:
         # The ranks say goodbye when the teardown's SIGTERM reaches them: the sink is called.
         child = "trap 'echo bye; exit 0' TERM; echo hi; sleep 30 & wait"
         async with lm.open_proc_mesh(["bash", "-c", child], procs=2, log_dir=log_dir,
                                      announce=False, grace=2.0) as mesh:
-            client = await mesh.logging_option(sink=sink)
-            await client.flush()
-            failing.append(True)
+            await mesh.logging_option(sink=sink)
+            await sink.wait_for(lambda: sink.lines() == ["hi", "hi"])  # both traps are set
+            sink.armed = True
             raise ValueError("the user's own")
     assert not isinstance(info.value, BaseExceptionGroup)
     notes = getattr(info.value, "__notes__", [])
