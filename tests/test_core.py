@@ -244,7 +244,7 @@ async def test_bad_arguments_fail_clearly(log_dir):
         async with lm.open_proc_mesh([], procs=1, log_dir=log_dir):
             pass
     for name, value in [("grace", 0), ("partial_idle", -1), ("drain_timeout", 0),
-                        ("agent_timeout", "soon"), ("progress_interval", 0)]:
+                        ("progress_interval", 0)]:
         with pytest.raises(ValueError, match=name):
             async with lm.open_proc_mesh(["true"], log_dir=log_dir, **{name: value}):
                 pass
@@ -299,15 +299,41 @@ async def test_a_log_file_that_cannot_be_opened_fails_plainly_and_leaves_no_chil
     assert "sleep 30" not in out
 
 
-async def test_python_flags_that_skip_site_run_without_an_agent(run_mesh):
-    # `python -I` never imports our sitecustomize: barriers must not wait for an agent.
+async def test_python_flags_that_skip_site_run_without_an_agent_and_without_delay(run_mesh):
+    # `python -I` never imports our sitecustomize: nothing waits for an agent.
     child = "import sys; print('isolated'); sys.stdout.flush(); import time; time.sleep(30)"
-    async with run_mesh([PY, "-I", "-c", child], 1, agent_timeout=60) as run:
-        with trio.fail_after(10):
+    async with run_mesh([PY, "-I", "-c", child], 1, grace=1.0) as run:
+        with trio.fail_after(5):
             await run.sink.wait_for(lambda: run.sink.lines() == ["isolated"])
             await run.client.flush()
 
 
+# Prints a line into sys.stdout's buffer and never flushes it itself; only a barrier through
+# the rank's agent can bring it out (the periodic flush is off in these tests).
+BUFFERED = READY_PY + """
+import os, sys, time
+print("held in the buffer of", os.path.basename(sys.argv[0]) or "-c")
+ready("printed")
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["shebang", "env", "shell"])
+async def test_python_behind_a_shebang_env_or_shell_gets_the_agent(run_mesh, ready, tmp_path,
+                                                                    how):
+    script = tmp_path / "tick.py"
+    script.write_text(f"#!{PY}\n{BUFFERED}")
+    script.chmod(0o755)
+    cmd = {
+        "shebang": [str(script)],
+        "env": ["/usr/bin/env", PY, str(script)],
+        "shell": ["bash", "-c", f"echo from bash; exec {PY} {script}"],
+    }[how]
+    async with run_mesh(cmd, 1, env=ready.env, flush_interval=0, grace=1.0) as run:
+        await ready.wait("printed")
+        with trio.fail_after(10):
+            await run.client.flush()
+        assert run.sink.lines()[-1] == "held in the buffer of tick.py"
 async def test_a_line_printed_after_an_idle_spell_still_shows_by_itself(run_mesh, ready):
     # While a rank is idle its agent flushes less often; the next line must still come out
     # without a barrier (within the idle interval, a quarter second).

@@ -218,7 +218,7 @@ async def test_cancelled_flush_and_leaving_with_a_barrier_pending(log_dir):
         async with lm.open_proc_mesh([PY, "-c", child], procs=2, env=CHILD_ENV,
                                      log_dir=log_dir, announce=False, grace=1.0) as mesh:
             client = await mesh.logging_option(sink=sink)
-            await client.flush()
+            await sink.wait_for(lambda: sink.lines() == ["up", "up"])  # their code is running
             os.kill(mesh.pids[1], signal.SIGSTOP)
             await wait_stopped(mesh.pids[1])
             with trio.move_on_after(0.2) as scope:
@@ -376,6 +376,7 @@ async def test_a_client_taken_over_by_a_newer_one_ends_and_says_so(log_dir):
                                  announce=False, grace=1.0) as mesh:
         async with trio.open_nursery() as nursery:
             old = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=old_sink)
+            await old_sink.wait_for(lambda: old_sink.lines() == ["hello", "hello"])
             await old.flush()
             new = await lm.LoggingMeshClient.spawn(nursery, mesh, sink=new_sink)
             with trio.fail_after(10):

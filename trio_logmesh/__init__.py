@@ -10,7 +10,7 @@ each Python rank), ``view`` (the driver's client, aggregation and sinks), ``cli`
 """
 
 from ._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError
-from .host._launch import default_log_root, is_python_command
+from .host._launch import default_log_root
 from .host._mesh import ProcMesh, open_proc_mesh, register_view_factory
 from .view._client import LoggingMeshClient, open_logging_client
 from .view._records import GroupLine, LogLines, Notice, Output, format_output
@@ -49,7 +49,6 @@ __all__ = [
     "TerminalSink",
     "default_log_root",
     "format_output",
-    "is_python_command",
     "make_sink",
     "open_logging_client",
     "open_proc_mesh",

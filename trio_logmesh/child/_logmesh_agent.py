@@ -115,6 +115,8 @@ class Agent:
         self.interval = interval
         self.wake_r, self.wake_w = os.pipe()
         self.thread: threading.Thread | None = None
+        #: Requests that came with the host's welcome, before the thread ran.
+        self.early: list = []
 
     def wake(self) -> None:
         """Make the thread look at the program's threads again (interpreter exit)."""
@@ -141,6 +143,8 @@ class Agent:
                     pass
 
     def _loop(self) -> None:
+        if self.early:
+            self._handle(self.early)
         interval = self.interval
         current = interval
         others = time.process_time() - time.thread_time()  # CPU of the program's threads
@@ -175,7 +179,12 @@ class Agent:
         if events is None:  # the host went away or broke the protocol: keep flushing only
             self._close_socket()
             return
+        self._handle(events)
+
+    def _handle(self, events: list) -> None:
         for kind, value in events:
+            if self.sock is None:
+                return
             if kind == w.FORCE_SYNC_FLUSH:
                 _flush_user_buffers(with_c=True)
                 try:
@@ -217,8 +226,30 @@ def _wake_at_exit() -> None:
         _agent.wake()
 
 
+#: Seconds to wait for the host's answer to our hello before running without an agent.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def _await_welcome(sock: _socket.socket, conn) -> list | None:  # type: ignore[no-untyped-def]
+    """The host's answer: the requests that came with its welcome, or None if refused.
+
+    The user's code starts only after this: from then on the host knows this process, so a
+    barrier never misses what it buffers.
+    """
+    while True:
+        data = sock.recv(4096)
+        if not data:
+            return None
+        events = conn.receive(data)
+        for i, (kind, _) in enumerate(events):
+            if kind == w.WELCOME:
+                return events[i + 1 :]
+            if kind == w.REJECT:
+                return None
+
+
 def start() -> None:
-    """Connect to the host and start the agent's thread (idempotent)."""
+    """Connect to the host, wait for its welcome, start the agent's thread (idempotent)."""
     global _agent
     if _agent is not None:
         return
@@ -234,12 +265,19 @@ def start() -> None:
     conn = _control.ControlConnection(_control.AGENT, token)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
+        sock.settimeout(HANDSHAKE_TIMEOUT)
         sock.connect(path)
         sock.sendall(conn.hello(rank, os.getpid()))
+        early = _await_welcome(sock, conn)
+        sock.settimeout(None)
     except BaseException:
         sock.close()
         raise
+    if early is None:  # refused: this process runs without an agent
+        sock.close()
+        return
     agent = _agent = Agent(sock, conn, interval)
+    agent.early = early
     os.register_at_fork(after_in_child=_after_fork_in_child)
     register = getattr(threading, "_register_atexit", None)
     if register is not None:  # runs before the interpreter waits for non-daemon threads

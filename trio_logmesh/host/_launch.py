@@ -10,21 +10,15 @@ import functools
 import importlib.util
 import os
 import py_compile
-import re
-import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 #: The directory put first on a Python child's ``PYTHONPATH``: its ``sitecustomize`` starts the
 #: agent before the user's code.
 CHILD_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "child")
 PROTOCOL_DIR = os.path.join(os.path.dirname(CHILD_DIR), "protocol")
 
-_PYTHON_RE = re.compile(r"^(python|pypy)(\d+(\.\d+)*)?(\.exe)?$")
-# Interpreter options that skip sitecustomize or ignore PYTHONPATH: no agent can start.
-_NO_SITE_FLAGS = frozenset("IES")
 
 
 @functools.cache
@@ -41,42 +35,6 @@ def compile_child_modules() -> None:
                 py_compile.compile(path, cfile=cached, doraise=True)
         except (OSError, py_compile.PyCompileError):
             pass
-
-
-def is_python_command(argv0: str) -> bool:
-    """Whether ``argv0`` names a Python interpreter (so the child can host an agent)."""
-    base = os.path.basename(argv0)
-    if _PYTHON_RE.match(base):
-        return True
-    try:
-        return os.path.realpath(shutil.which(argv0) or argv0) == os.path.realpath(sys.executable)
-    except OSError:
-        return False
-
-
-def runs_site(cmd: Sequence[str]) -> bool:
-    """Whether a Python command line will import ``sitecustomize`` from ``PYTHONPATH``.
-
-    ``-I``, ``-E`` and ``-S`` (alone or combined, as in ``-Es``) before the script, ``-c`` or
-    ``-m`` prevent it.
-    """
-    args = list(cmd[1:])
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("-") or arg == "-" or arg.startswith("--"):
-            return True  # the script, stdin, or a long option: no more interpreter flags
-        for j, ch in enumerate(arg[1:], start=1):
-            if ch in _NO_SITE_FLAGS:
-                return False
-            if ch in "cm":
-                return True
-            if ch in "WX":  # takes a value: the rest of this word, or the next argument
-                if j == len(arg) - 1:
-                    i += 1
-                break
-        i += 1
-    return True
 
 
 def default_log_root() -> str:

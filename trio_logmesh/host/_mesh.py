@@ -35,18 +35,14 @@ from ._forwarder import Delivery, Forwarders, LogForwardActor, ViewLink
 from ._launch import (
     child_env,
     compile_child_modules,
-    is_python_command,
     log_paths,
     make_run_dir,
-    runs_site,
 )
 from ._lines import MAX_LINE, PROGRESS_INTERVAL, LineSplitter
 from ._outbox import Policy, RankOutbox
 from ._rank import RankProc
 from ._stream import FileAppender, ReadBuffer, StreamFwder
 
-#: Seconds a Python child has to start its agent before barriers stop waiting for it.
-AGENT_TIMEOUT = 20.0
 #: Seconds an exited child's pipes may stay open and silent (a descendant holds them) before
 #: the host stops reading them.
 DRAIN_TIMEOUT = 5.0
@@ -238,15 +234,15 @@ async def open_proc_mesh(
     max_line: int = MAX_LINE,
     progress_interval: float = PROGRESS_INTERVAL,
     drain_timeout: float = DRAIN_TIMEOUT,
-    agent_timeout: float = AGENT_TIMEOUT,
 ) -> AsyncIterator[ProcMesh]:
     """Start ``procs`` copies of ``cmd`` on this host and capture their output.
 
     Each child gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE`` and
     ``BOOTSTRAP_LOG_CHANNEL`` in its environment (``env`` adds to the driver's environment; a
-    value of ``None`` removes a variable).  Python children (``python=None`` detects them from
-    ``cmd``) run logmesh's agent, which flushes their buffers for exact barriers and sets their
-    logging level; it carries no log bytes.  Every byte goes to ``<run_dir>/rank-N.stdout.log``
+    value of ``None`` removes a variable).  The first Python process each rank starts -- whatever
+    the command line: ``python``, a shebang script, ``env python3``, a shell script -- runs
+    logmesh's agent, which flushes its buffers for exact barriers and sets its logging level; it
+    carries no log bytes.  ``python=False`` keeps the agent out of every rank.  Every byte goes to ``<run_dir>/rank-N.stdout.log``
     / ``.stderr.log``; ``run_dir`` is ``log_dir`` or a new directory under ``$LOGMESH_LOG_DIR``
     (default: the temp dir), printed once on stderr when ``announce``.  ``mirror`` copies the
     children's bytes to this process's own stdout and stderr (for a host that is not the
@@ -260,8 +256,7 @@ async def open_proc_mesh(
     newline yet is shown after ``partial_idle`` seconds without more bytes; a ``\\r``-redrawn
     line (a progress bar) shows its latest state at most every ``progress_interval`` seconds;
     Python children flush ``sys.stdout``/``sys.stderr`` every ``flush_interval`` seconds (0:
-    never, only for barriers); barriers wait at most ``agent_timeout`` seconds for a Python
-    child's agent to start; an exited child's pipes held open and silent by a descendant are
+    never, only for barriers); an exited child's pipes held open and silent by a descendant are
     given up after ``drain_timeout`` seconds.  ``log_level`` is the root Python logging level
     the Python children start with.
 
@@ -283,13 +278,13 @@ async def open_proc_mesh(
     if isinstance(max_line, bool) or not isinstance(max_line, int) or max_line < 80:
         raise ValueError(f"max_line must be an integer of at least 80 bytes, not {max_line!r}")
     _check_positive(partial_idle=partial_idle, grace=grace, progress_interval=progress_interval,
-                    drain_timeout=drain_timeout, agent_timeout=agent_timeout)
+                    drain_timeout=drain_timeout)
     if not (isinstance(flush_interval, (int, float)) and flush_interval >= 0):
         raise ValueError(f"flush_interval must be >= 0 seconds, not {flush_interval!r}")
     level = None
     if log_level is not None:
         level = level_number(log_level)
-    agent = (is_python_command(cmd[0]) if python is None else python) and runs_site(cmd)
+    agent = python is not False
     if agent:
         compile_child_modules()
     token = secrets.token_bytes(w.TOKEN_SIZE)
@@ -348,7 +343,7 @@ async def open_proc_mesh(
             for i, pipe in enumerate((process.stdout, process.stderr))
         )
         mesh._ranks.append(RankProc(rank, process, outbox, fwds, appenders[rank],  # type: ignore[arg-type]
-                                    "awaited" if agent else "none", level=level))
+                                    level=level))
         actors.append(LogForwardActor(rank, outbox))
     forwarders = mesh._forwarders = Forwarders(mesh._ranks, actors, mesh.hostname)
     for rank, rp in enumerate(mesh._ranks):
@@ -370,7 +365,7 @@ async def open_proc_mesh(
             try:
                 await nursery.start(_agents.serve_agents, lsock, token, on_agent, on_lost)
                 for rp in mesh._ranks:
-                    await nursery.start(rp.run, agent_timeout, drain_timeout)
+                    await nursery.start(rp.run, drain_timeout)
                 try:
                     yield mesh
                 except BaseException as exc:

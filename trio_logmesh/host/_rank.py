@@ -1,20 +1,19 @@
 """RankProc: one child of the mesh -- its process, its pipes, its outbox and its barrier.
 
 The barrier on the host, :meth:`RankProc.barrier`: every byte the child wrote before the call
-ends up in the outbox and the files, then ``done()`` runs.  When the child's agent is
-connected (a Python child), it first flushes Python and C stdio (``FORCE_SYNC_FLUSH`` ->
-``FLUSHED``); then -- or at once, for other children -- both StreamFwders cut their pipe at what
-it holds (``FIONREAD``) and report once they have read past it.  A barrier asked before the
-agent connected waits for it, for the child's exit, or for ``agent_timeout``; one asked of an
-agent that goes away is cut without it.  A barrier asked after the child exited completes once
-its pipes reached EOF and its ``Exit`` frame is in the outbox: what follows it comes after the
-rank's exit code.
+ends up in the outbox and the files, then ``done()`` runs.  When the rank's Python process has
+its agent connected, the agent first flushes Python and C stdio (``FORCE_SYNC_FLUSH`` ->
+``FLUSHED``); then -- or at once, without an agent -- both StreamFwders cut their pipe at what
+it holds (``FIONREAD``) and report once they have read past it.  A barrier never waits for an
+agent: one starts before the user's code and is welcomed before that code runs, so a process
+without one has buffered nothing yet.  A barrier asked of an agent that goes away is cut
+without it.  A barrier asked after the child exited completes once its pipes reached EOF and
+its ``Exit`` frame is in the outbox: what follows it comes after the rank's exit code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import attrs
 import trio
@@ -23,8 +22,6 @@ import trio_util
 from ._agents import AgentLink
 from ._outbox import RankOutbox
 from ._stream import FileAppender, StreamFwder, pipe_pending
-
-AgentState = Literal["awaited", "connected", "none"]
 
 
 def process_state(pid: int) -> str:
@@ -45,7 +42,6 @@ class RankProc:
     outbox: RankOutbox
     fwds: tuple[StreamFwder, StreamFwder]
     appenders: tuple[FileAppender, FileAppender]
-    agent_state: AgentState
     agent: AgentLink | None = None
     #: The logging level the view asked for; sent to the agent when it connects.
     level: int | None = None
@@ -56,8 +52,6 @@ class RankProc:
     drained: trio.Event = attrs.field(factory=trio.Event)
     #: Errors closing the rank's files (reported by the mesh when it closes).
     file_errors: list[OSError] = attrs.field(factory=list)
-    _agent_settled: trio.Event = attrs.field(factory=trio.Event)
-    _waiting: list[Callable[[], None]] = attrs.field(factory=list)
     _asked: dict[int, tuple[float, Callable[[], None]]] = attrs.field(factory=dict)
     _after_drain: list[Callable[[], None]] = attrs.field(factory=list)
     _next_request: int = 1
@@ -76,8 +70,6 @@ class RankProc:
             self._next_request += 1
             self._asked[request] = (trio.current_time(), done)
             self.agent.send(self.agent.conn.force_sync_flush(request))
-        elif self.agent_state == "awaited":
-            self._waiting.append(done)
         else:
             self._cut(done)
 
@@ -103,20 +95,16 @@ class RankProc:
 
     # -- the agent -------------------------------------------------------------------------
     def agent_connected(self, link: AgentLink) -> Callable[[AgentLink, int], None] | None:
-        """A hello for this rank: take the link (it replaces an older one, and a late agent is
-        still welcome); ``None`` refuses it because the process has exited."""
+        """A hello for this rank: welcome the link (it replaces an older one: the rank's latest
+        Python process is the one that counts); ``None`` refuses it, the process has exited."""
         if self.exited.is_set():
             return None
         old, self.agent = self.agent, link
-        self.agent_state = "connected"
-        self._agent_settled.set()
+        link.send(link.conn.welcome())
         if old is not None:
             old.close()  # its reader reports it lost, which cuts what it was asked
         if self.level is not None:
             link.send(link.conn.set_level(self.level))
-        waiting, self._waiting = self._waiting, []
-        for done in waiting:
-            self.barrier(done)
         return self._agent_flushed
 
     def _agent_flushed(self, link: AgentLink, request: int) -> None:
@@ -132,15 +120,6 @@ class RankProc:
                 self._cut(entry[1])
         if link is self.agent:
             self.agent = None
-            self.agent_state = "none"
-
-    def _settle_without_agent(self) -> None:
-        if self.agent_state == "awaited":
-            self.agent_state = "none"
-        self._agent_settled.set()
-        waiting, self._waiting = self._waiting, []
-        for done in waiting:
-            self._cut(done)
 
     # -- liveness --------------------------------------------------------------------------
     def describe(self) -> str:
@@ -151,8 +130,6 @@ class RankProc:
             return "exited; its pipes are still being read (a descendant holds them open?)"
         if process_state(self.process.pid) in ("T", "t"):
             return "is stopped (SIGSTOP, Ctrl-Z or a debugger)"
-        if self.agent_state == "awaited":
-            return "its Python process has not started logmesh's agent yet"
         if self._asked:
             since = trio.current_time() - min(t for t, _ in self._asked.values())
             return f"did not answer the flush request for {since:.1f} s (busy or blocked)"
@@ -165,7 +142,6 @@ class RankProc:
     # -- the task --------------------------------------------------------------------------
     async def run(
         self,
-        agent_timeout: float,
         drain_timeout: float,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -190,13 +166,10 @@ class RankProc:
                         readers_done.set()
 
                 nursery.start_soon(read_pipes)
-                if self.agent_state == "awaited":
-                    nursery.start_soon(self._await_agent, agent_timeout)
                 task_status.started()
                 code = await self.process.wait()
                 self.returncode.value = code
                 self.exited.set()
-                self._settle_without_agent()
                 if self.agent is not None:
                     # The process is gone: whatever still holds its socket open (a forked
                     # descendant) is not its agent.
@@ -222,11 +195,6 @@ class RankProc:
             waiting, self._after_drain = self._after_drain, []
             for done in waiting:
                 done()
-
-    async def _await_agent(self, timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            await self._agent_settled.wait()
-        self._settle_without_agent()
 
 
 async def _drain_after_exit(fwds: tuple[StreamFwder, StreamFwder], timeout: float) -> None:

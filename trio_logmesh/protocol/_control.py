@@ -6,7 +6,9 @@ so the two cannot drift apart.  It frames and checks what each side sends and re
 keeps the barrier bookkeeping both ends must agree on:
 
 * the agent opens with ``HELLO(token, rank, pid)``; the host checks the token (in constant
-  time) and answers a bad hello with ``REJECT``, after which the connection closes;
+  time) and answers ``WELCOME``, or ``REJECT`` after which the connection closes.  The agent
+  waits for that answer before the user's code starts, so from then on the host knows the
+  process is there: a barrier never misses what it buffers;
 * the host asks ``FORCE_SYNC_FLUSH(v)``; the agent flushes Python and C stdio and answers
   ``FLUSHED(v)``, once per version.  :attr:`ControlConnection.outstanding` holds the versions
   asked and not yet answered: when the connection is lost (the child exited, or exec'd), the
@@ -36,7 +38,7 @@ AGENT = "agent"
 MAX_CONTROL_FRAME = 4096
 
 #: An event from :meth:`ControlConnection.receive`: ``(frame type, value)``.  ``(HELLO, rank)``
-#: and ``(FLUSHED, version)`` reach the host; ``(FORCE_SYNC_FLUSH, version)``,
+#: and ``(FLUSHED, version)`` reach the host; ``(WELCOME, 0)``, ``(FORCE_SYNC_FLUSH, version)``,
 #: ``(SET_LEVEL, level)`` and ``(REJECT, 0)`` reach the agent.
 Event = tuple[int, int]
 
@@ -90,6 +92,11 @@ class ControlConnection:
         self._must_be(HOST)
         return w.encode(w.SET_LEVEL, level)
 
+    def welcome(self) -> bytes:
+        """Host: the hello was accepted."""
+        self._must_be(HOST)
+        return w.encode(w.WELCOME)
+
     def reject(self) -> bytes:
         """Host: refuse the connection (bad hello)."""
         self._must_be(HOST)
@@ -140,8 +147,8 @@ class ControlConnection:
     def _agent_event(self, kind: int, fields: tuple) -> Event:
         if kind in (w.FORCE_SYNC_FLUSH, w.SET_LEVEL):
             return (kind, fields[0])
-        if kind == w.REJECT:
-            return (w.REJECT, 0)
+        if kind in (w.REJECT, w.WELCOME):
+            return (kind, 0)
         raise ProtocolError(f"unexpected frame type {kind} from a host")
 
     def _must_be(self, role: str) -> None:

@@ -9,7 +9,7 @@ fixed ``struct`` layout, followed by free bytes for the types in :data:`TAILED`.
 use frames:
 
 * **the control channel** (``BOOTSTRAP_LOG_CHANNEL``, host and the agent in a Python child):
-  ``HELLO``, ``REJECT``, ``FORCE_SYNC_FLUSH``, ``FLUSHED``, ``SET_LEVEL``;
+  ``HELLO``, ``WELCOME``, ``REJECT``, ``FORCE_SYNC_FLUSH``, ``FLUSHED``, ``SET_LEVEL``;
 * **the data link** (a host to a view in another process): ``LOG``, ``MARK``, ``EXIT``, each
   carrying its rank and per-rank sequence number.  When the view and the host share a
   process, these frames travel as objects on a memory channel and are never encoded.
@@ -34,6 +34,7 @@ REJECT = 2  # host -> agent: bad hello; the connection closes next
 FORCE_SYNC_FLUSH = 3  # host -> agent: flush Python and C stdio for barrier `version`
 FLUSHED = 4  # agent -> host: buffers flushed for `version`; the host cuts the pipes now
 SET_LEVEL = 5  # host -> agent: root Python logging level
+WELCOME = 6  # host -> agent: the hello was accepted; the user's code may start
 
 # Frame types: the data link --------------------------------------------------------------
 LOG = 10  # rank, seq, stream, flags, lines dropped before it in its stream; then the bytes
@@ -49,6 +50,7 @@ LAYOUTS: dict[int, struct.Struct] = {
     FORCE_SYNC_FLUSH: struct.Struct("<q"),
     FLUSHED: struct.Struct("<q"),
     SET_LEVEL: struct.Struct("<i"),
+    WELCOME: struct.Struct("<"),
     LOG: struct.Struct("<IQBBQ"),
     MARK: struct.Struct("<IQq"),
     EXIT: struct.Struct("<IQi"),
