@@ -90,9 +90,18 @@ class Ready:
     async def wait(self, *names: str) -> None:
         """Wait until every one of ``names`` was signalled."""
         while not set(names) <= set(self.seen):
-            self._buf += await self._stream.receive_some(4096)
-            *done, self._buf = self._buf.split(b"\n")
-            self.seen.extend(d.decode() for d in done)
+            await self._more()
+
+    async def wait_prefixed(self, prefix: str, count: int) -> list[str]:
+        """Wait until ``count`` signals starting with ``prefix`` came; return them."""
+        while len(got := [s for s in self.seen if s.startswith(prefix)]) < count:
+            await self._more()
+        return got
+
+    async def _more(self) -> None:
+        self._buf += await self._stream.receive_some(4096)
+        *done, self._buf = self._buf.split(b"\n")
+        self.seen.extend(d.decode() for d in done)
 
 
 @attrs.define

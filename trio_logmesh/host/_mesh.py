@@ -17,7 +17,6 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -40,12 +39,17 @@ from ._launch import (
 )
 from ._lines import MAX_LINE, PROGRESS_INTERVAL, LineSplitter
 from ._outbox import Policy, RankOutbox
+from ._process import RankProcess, start_rank
 from ._rank import RankProc
 from ._stream import FileAppender, ReadBuffer, StreamFwder
 
 #: Seconds an exited child's pipes may stay open and silent (a descendant holds them) before
 #: the host stops reading them.
 DRAIN_TIMEOUT = 5.0
+#: At teardown: seconds the clients and the files may take to flush, at most.
+FLUSH_AT_CLOSE = 2.0
+#: After SIGKILL: seconds to reap the ranks, and then to deliver their last output, at most.
+KILL_WAIT = 2.0
 
 
 class OwnedView(Protocol):
@@ -83,7 +87,7 @@ class ProcMesh:
     _forwarders: Forwarders | None = None
     _nursery: trio.Nursery | None = None
     _views: list[OwnedView] = attrs.field(factory=list)
-    _host_barriers: int = 0
+    _grace: float = 5.0
 
     def log_files(self, rank: int) -> tuple[str, str]:
         """The paths of ``rank``'s stdout and stderr files."""
@@ -111,13 +115,10 @@ class ProcMesh:
         return codes
 
     def send_signal(self, sig: int, ranks: Sequence[int] | None = None) -> None:
-        """Send ``sig`` to the children still running (all, or the given ranks)."""
+        """Send ``sig`` to the ranks' process groups (all, or the given ranks): each rank and
+        its descendants.  A group whose processes have all ended is skipped."""
         for rp in self._ranks if ranks is None else [self._ranks[r] for r in ranks]:
-            if rp.returncode.value is None:
-                try:
-                    rp.process.send_signal(sig)
-                except ProcessLookupError:
-                    pass
+            rp.process.signal_group(sig)
 
     async def serve_view(
         self,
@@ -180,33 +181,31 @@ class ProcMesh:
             if waiting:
                 await done.wait()
 
-    async def _stop_children(self, grace: float) -> None:
-        running = [rp for rp in self._ranks if rp.returncode.value is None]
-        if not running:
-            return
-        for rp in running:
-            _signal_group(rp.process, signal.SIGTERM)
-            _signal_group(rp.process, signal.SIGCONT)  # a stopped child must see the SIGTERM
+    async def stop(self, grace: float | None = None, sig: int = signal.SIGTERM) -> list[int]:
+        """Stop every rank and its descendants: ``sig`` to each process group (and SIGCONT,
+        so a stopped rank sees it), SIGKILL to the groups after ``grace`` seconds (default:
+        the mesh's), and reap.  Returns the exit codes by rank; ranks that had ended keep
+        theirs.  Safe to call more than once."""
+        grace = self._grace if grace is None else grace
+        if not self._ranks:
+            return []
+        for rp in self._ranks:
+            rp.process.signal_group(sig)
+            rp.process.signal_group(signal.SIGCONT)
         with trio.move_on_after(grace):
-            for rp in running:
-                await rp.exited.wait()
-        for rp in running:
-            if not rp.exited.is_set():
-                _signal_group(rp.process, signal.SIGKILL)
-        with trio.move_on_after(grace):
-            for rp in running:
-                await rp.exited.wait()
-
-
-def _signal_group(process: trio.Process, sig: int) -> None:
-    # Each child leads its own process group (start_new_session): signal its descendants too.
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        try:
-            process.send_signal(sig)
-        except ProcessLookupError:
-            pass
+            async with trio.open_nursery() as nursery:
+                for rp in self._ranks:
+                    nursery.start_soon(rp.reap)
+        # Descendants of ranks that ended by themselves are in their groups too: no process
+        # of the run outlives it.
+        for rp in self._ranks:
+            rp.process.signal_group(signal.SIGKILL)
+        with trio.move_on_after(KILL_WAIT):  # SIGKILL is not refused; this bounds a D state
+            async with trio.open_nursery() as nursery:
+                for rp in self._ranks:
+                    nursery.start_soon(rp.reap)
+        return [rp.returncode.value if rp.returncode.value is not None else -signal.SIGKILL
+                for rp in self._ranks]
 
 
 def _check_positive(**values: float) -> None:
@@ -291,8 +290,8 @@ async def open_proc_mesh(
     run_dir = make_run_dir(log_dir)
     sock_dir = tempfile.mkdtemp(prefix="logmesh-")  # 0700: only this user may connect
     channel = os.path.join(sock_dir, "agents.sock")
-    mesh = ProcMesh(procs, run_dir, socket.gethostname())
-    processes: list[trio.Process] = []
+    mesh = ProcMesh(procs, run_dir, socket.gethostname(), grace=grace)
+    processes: list[RankProcess] = []
     appenders: list[tuple[FileAppender, FileAppender]] = []
     lsock = None
     try:
@@ -310,16 +309,14 @@ async def open_proc_mesh(
             child = child_env(env, rank=rank, size=procs, channel=channel, run_dir=run_dir,
                               agent=agent, token=token, flush_interval=flush_interval,
                               level=level)
-            processes.append(await trio.lowlevel.open_process(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, env=child, start_new_session=True,
-            ))
+            processes.append(start_rank(cmd, child))
     except BaseException:
         for p in processes:
-            _signal_group(p, signal.SIGKILL)
+            p.signal_group(signal.SIGKILL)
         with trio.CancelScope(shield=True):
             for p in processes:
                 await p.wait()
+                p.close_pipes()
         for pair in appenders:
             for a in pair:
                 a.close()
@@ -337,10 +334,10 @@ async def open_proc_mesh(
         outbox = RankOutbox(limit_bytes=buffer_bytes, policy=drop_policy)
         assert process.stdout is not None and process.stderr is not None
         fwds = tuple(
-            StreamFwder(i, pipe, outbox, appenders[rank][i], mirrors[i],  # type: ignore[arg-type]
+            StreamFwder(i, fd, outbox, appenders[rank][i], mirrors[i],  # type: ignore[arg-type]
                         partial_idle, splitter=LineSplitter(max_line, progress_interval),
                         read_buffer=read_buffer)
-            for i, pipe in enumerate((process.stdout, process.stderr))
+            for i, fd in enumerate((process.stdout, process.stderr))
         )
         mesh._ranks.append(RankProc(rank, process, outbox, fwds, appenders[rank],  # type: ignore[arg-type]
                                     level=level))
@@ -391,18 +388,20 @@ async def open_proc_mesh(
 
 
 async def _teardown(mesh: ProcMesh, grace: float) -> None:
-    for view in mesh._views:
-        try:
-            await view.flush(timeout=grace)
-        except LogmeshError:  # timed out, or the client was closed already
-            pass
+    """Flush what the children printed (at most FLUSH_AT_CLOSE), stop them (``grace``, then
+    SIGKILL), then deliver their last output (at most KILL_WAIT): about ``grace`` in all."""
+    with trio.move_on_after(min(grace, FLUSH_AT_CLOSE)):
+        for view in mesh._views:
+            try:
+                await view.flush(timeout=min(grace, FLUSH_AT_CLOSE))
+            except LogmeshError:  # timed out, or the client was closed already
+                pass
+        await mesh._flush_files(timeout=min(grace, FLUSH_AT_CLOSE))
     for rp in mesh._ranks:
         rp.outbox.set_policy("drop")  # from here on nothing may hold the pipes back
-    await mesh._flush_files(timeout=grace)
-    await mesh._stop_children(grace)
-    with trio.move_on_after(grace):
+    await mesh.stop(grace)
+    with trio.move_on_after(KILL_WAIT):
         for rp in mesh._ranks:
             await rp.drained.wait()
-    for view in mesh._views:
-        with trio.move_on_after(grace):
+        for view in mesh._views:
             await view.wait_finished()

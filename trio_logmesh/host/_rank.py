@@ -21,6 +21,7 @@ import trio_util
 
 from ._agents import AgentLink
 from ._outbox import RankOutbox
+from ._process import RankProcess
 from ._stream import FileAppender, StreamFwder, pipe_pending
 
 
@@ -38,7 +39,7 @@ class RankProc:
     """One child of the mesh; see the module docstring."""
 
     rank: int
-    process: trio.Process
+    process: RankProcess
     outbox: RankOutbox
     fwds: tuple[StreamFwder, StreamFwder]
     appenders: tuple[FileAppender, FileAppender]
@@ -167,13 +168,7 @@ class RankProc:
 
                 nursery.start_soon(read_pipes)
                 task_status.started()
-                code = await self.process.wait()
-                self.returncode.value = code
-                self.exited.set()
-                if self.agent is not None:
-                    # The process is gone: whatever still holds its socket open (a forked
-                    # descendant) is not its agent.
-                    self.agent.close()
+                code = await self.reap()
                 await _drain_after_exit(self.fwds, drain_timeout)
                 read_scope.cancel()
                 await readers_done.wait()  # their held partial lines are in the outbox now
@@ -183,10 +178,23 @@ class RankProc:
         finally:
             code = self.returncode.value
             self._append_exit(code if code is not None else -9)
+            self.process.close_pipes()
             for appender in self.appenders:
                 error = appender.close()
                 if error is not None:
                     self.file_errors.append(error)
+
+    async def reap(self) -> int:
+        """Wait for the process to end (reaping it), note its code, let go of its agent."""
+        code = await self.process.wait()
+        if not self.exited.is_set():
+            self.returncode.value = code
+            self.exited.set()
+            if self.agent is not None:
+                # The process is gone: whatever still holds its socket open (a forked
+                # descendant) is not its agent.
+                self.agent.close()
+        return code
 
     def _append_exit(self, code: int) -> None:
         if not self._exit_appended:
@@ -206,7 +214,7 @@ async def _drain_after_exit(fwds: tuple[StreamFwder, StreamFwder], timeout: floa
     while not all(f.eof for f in fwds):
         await trio.sleep(0.05)
         now = [f.offset for f in fwds]
-        waiting = any(not f.eof and pipe_pending(f.pipe.fileno()) for f in fwds)
+        waiting = any(not f.eof and pipe_pending(f.fd) for f in fwds)
         if now != last or waiting:
             last, quiet_since = now, trio.current_time()
         elif trio.current_time() - quiet_since >= timeout:

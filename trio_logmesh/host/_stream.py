@@ -97,7 +97,7 @@ class StreamFwder:
     """Forwards one pipe of one child; see the module docstring."""
 
     stream_id: int
-    pipe: trio.lowlevel.FdStream
+    fd: int  # the pipe's read end, non-blocking, owned by the rank's process
     outbox: RankOutbox
     appender: FileAppender | None = None
     mirror: BinaryIO | None = None
@@ -107,17 +107,15 @@ class StreamFwder:
     splitter: LineSplitter = attrs.field(factory=LineSplitter)
     read_buffer: ReadBuffer = attrs.field(factory=ReadBuffer)
     _cuts: list[tuple[int, Callable[[], None]]] = attrs.field(factory=list)
-    _fd: int = -1
     _busy: int = READ_SIZE  # a read at least this big means the pipe was filling up
 
     def __attrs_post_init__(self) -> None:
-        self._fd = self.pipe.fileno()
         try:  # Linux: room for what arrives during a pause, so the child does not block
-            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, PIPE_SIZE)
+            fcntl.fcntl(self.fd, _F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass
         try:
-            self._busy = min(READ_SIZE, fcntl.fcntl(self._fd, _F_GETPIPE_SZ)) // 2
+            self._busy = min(READ_SIZE, fcntl.fcntl(self.fd, _F_GETPIPE_SZ)) // 2
         except OSError:
             self._busy = 32 * 1024
 
@@ -143,7 +141,7 @@ class StreamFwder:
     def cut(self, done: Callable[[], None]) -> None:
         """Call ``done()`` once every byte now in the pipe was read and handed on (partial line
         included).  Calls it at once when the pipe holds nothing unread or is at EOF."""
-        self._cuts.append((self.offset + (0 if self.eof else pipe_pending(self._fd)), done))
+        self._cuts.append((self.offset + (0 if self.eof else pipe_pending(self.fd)), done))
         self._check_cuts()
 
     # -- the task ------------------------------------------------------------------------
@@ -153,9 +151,9 @@ class StreamFwder:
         rb = self.read_buffer
         while True:
             try:
-                n = os.readv(self._fd, [rb.buf])
+                n = os.readv(self.fd, [rb.buf])
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(self._fd)
+                await trio.lowlevel.wait_readable(self.fd)
                 continue
             return bytes(rb.view[:n])
 
