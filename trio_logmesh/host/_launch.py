@@ -10,6 +10,9 @@ import functools
 import importlib.util
 import os
 import py_compile
+import re
+import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Mapping
@@ -37,21 +40,64 @@ def compile_child_modules() -> None:
             pass
 
 
+#: A run directory's name: when it started, and a random part.
+_RUN_NAME = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_]{8}$")
+
+
 def default_log_root() -> str:
-    """Where run directories go when no ``log_dir`` is given (``$LOGMESH_LOG_DIR`` or tmp)."""
-    return os.environ.get("LOGMESH_LOG_DIR") or os.path.join(tempfile.gettempdir(), "logmesh")
+    """Where run directories go by default: ``$LOGMESH_LOG_DIR``, else a directory private to
+    this user in the temp dir (``/tmp/logmesh-<uid>``: on a shared machine another user's runs
+    are neither readable nor in the way)."""
+    return os.environ.get("LOGMESH_LOG_DIR") or os.path.join(
+        tempfile.gettempdir(), f"logmesh-{os.getuid()}"
+    )
 
 
-def make_run_dir(log_dir: str | os.PathLike[str] | None) -> str:
-    """The run directory: ``log_dir`` (created if missing), or a new one under the root."""
-    if log_dir is not None:
-        path = os.fspath(log_dir)
-        os.makedirs(path, exist_ok=True)
-        return path
-    root = default_log_root()
+def _private_root(root: str) -> None:
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    st = os.stat(root)
+    if st.st_uid != os.getuid():
+        raise PermissionError(13, f"{root} belongs to another user; set LOGMESH_LOG_DIR", root)
+    if st.st_mode & 0o077:
+        os.chmod(root, 0o700)
+
+
+def make_run_dir(log_root: str | os.PathLike[str] | None, keep_runs: int) -> str:
+    """A new run directory under ``log_root`` (default: :func:`default_log_root`), named by
+    its start time; older run directories there beyond the newest ``keep_runs`` (0: keep all)
+    are removed, and ``<root>/latest`` points at the new one.
+
+    Raises ``OSError`` when the root cannot be made or written.
+    """
+    if log_root is None:
+        root = default_log_root()
+        if "LOGMESH_LOG_DIR" not in os.environ:
+            _private_root(root)
+    else:
+        root = os.fspath(log_root)
     os.makedirs(root, exist_ok=True)
+    if keep_runs > 0:
+        runs = sorted(n for n in os.listdir(root)
+                      if _RUN_NAME.match(n) and os.path.isdir(os.path.join(root, n)))
+        for name in runs[: max(0, len(runs) - (keep_runs - 1))]:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return tempfile.mkdtemp(prefix=f"{stamp}-", dir=root)
+    path = tempfile.mkdtemp(prefix=f"{stamp}-", dir=root)
+    latest = os.path.join(root, "latest")
+    try:  # replace the link atomically: a reader never finds it missing
+        tmp = f"{latest}.{os.getpid()}"
+        os.symlink(os.path.basename(path), tmp)
+        os.replace(tmp, latest)
+    except OSError:
+        pass
+    return path
+
+
+def use_run_dir(log_dir: str | os.PathLike[str]) -> str:
+    """``log_dir`` as the run directory itself (created if missing; files in it are appended)."""
+    path = os.fspath(log_dir)
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 def log_paths(run_dir: str, rank: int, size: int) -> tuple[str, str]:
@@ -59,6 +105,30 @@ def log_paths(run_dir: str, rank: int, size: int) -> tuple[str, str]:
     width = len(str(max(0, size - 1)))
     base = os.path.join(run_dir, f"rank-{rank:0{width}d}")
     return base + ".stdout.log", base + ".stderr.log"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the way torchrun picks ``MASTER_PORT``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def torch_env(rank: int, size: int, run_id: str, master_port: int) -> dict[str, str]:
+    """The variables torchrun gives a worker of a one-node job."""
+    return {
+        "RANK": str(rank), "WORLD_SIZE": str(size),
+        "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(size),
+        "GROUP_RANK": "0", "GROUP_WORLD_SIZE": "1",
+        "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(size), "ROLE_NAME": "default",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port),
+        "TORCHELASTIC_RUN_ID": run_id, "TORCHELASTIC_RESTART_COUNT": "0",
+        "TORCHELASTIC_MAX_RESTARTS": "0",
+    }
+
+
+#: Variables a user may set for the whole job: theirs win over ours.
+USER_SETTABLE = frozenset({"MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"})
 
 
 def child_env(
@@ -72,23 +142,22 @@ def child_env(
     token: bytes,
     flush_interval: float,
     level: int | None,
+    master_port: int,
 ) -> dict[str, str]:
     """The environment of ``rank``: the driver's, ``base`` applied (``None`` removes a
-    variable), the rank variables, and for an agent its token, interval, level and path."""
+    variable), torchrun's variables (``MASTER_ADDR``/``MASTER_PORT`` only where the user did
+    not set them), and for the agent its token, interval, level and path."""
     env = dict(os.environ)
     for key, value in (base or {}).items():
         if value is None:
             env.pop(key, None)
         else:
             env[key] = str(value)
-    env.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(size),
-        LOCAL_RANK=str(rank),
-        LOCAL_WORLD_SIZE=str(size),
-        BOOTSTRAP_LOG_CHANNEL=channel,
-        LOGMESH_RUN_DIR=run_dir,
-    )
+    ours = torch_env(rank, size, os.path.basename(run_dir), master_port)
+    for key, value in ours.items():
+        if key not in USER_SETTABLE or key not in env:
+            env[key] = value
+    env.update(BOOTSTRAP_LOG_CHANNEL=channel, LOGMESH_RUN_DIR=run_dir)
     for key in ("LOGMESH_AGENT", "LOGMESH_TOKEN", "LOGMESH_LEVEL", "LOGMESH_FLUSH_INTERVAL"):
         env.pop(key, None)
     if agent:

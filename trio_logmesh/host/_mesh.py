@@ -11,8 +11,10 @@ surfaces; errors of the teardown are attached to it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -34,13 +36,16 @@ from ._forwarder import Delivery, Forwarders, LogForwardActor, ViewLink
 from ._launch import (
     child_env,
     compile_child_modules,
+    free_port,
     log_paths,
     make_run_dir,
+    use_run_dir,
 )
 from ._lines import MAX_LINE, PROGRESS_INTERVAL, LineSplitter
 from ._outbox import Policy, RankOutbox
 from ._process import RankProcess, start_rank
 from ._rank import RankProc
+from ._stdin import forward_stdin
 from ._stream import FileAppender, ReadBuffer, StreamFwder
 
 #: Seconds an exited child's pipes may stay open and silent (a descendant holds them) before
@@ -50,6 +55,37 @@ DRAIN_TIMEOUT = 5.0
 FLUSH_AT_CLOSE = 2.0
 #: After SIGKILL: seconds to reap the ranks, and then to deliver their last output, at most.
 KILL_WAIT = 2.0
+#: Run directories kept under the log root by default (the newest ones).
+KEEP_RUNS = 20
+#: File descriptors a rank holds in this process (its pipes' read ends, its two files, its
+#: agent's socket, a pidfd, maybe its stdin), and what the process needs besides.
+FDS_PER_RANK = 7
+FDS_BASE = 64
+
+
+def ensure_fd_room(procs: int) -> int | None:
+    """Raise the soft open-file limit toward the hard one if ``procs`` ranks need it; return
+    the soft limit the ranks should get back (None when unchanged).
+
+    Raises :class:`~trio_logmesh.LogmeshError` saying how many ranks fit when even the hard
+    limit is too low.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = procs * FDS_PER_RANK + FDS_BASE
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+        if target < need:
+            fit = max(0, (target - FDS_BASE) // FDS_PER_RANK)
+            raise LogmeshError(
+                f"{procs} ranks need about {need} open files, and the limit is {target} "
+                f"(ulimit -n; hard limit {hard}): at most {fit} ranks fit"
+            )
+        return soft
+    return None
 
 
 class OwnedView(Protocol):
@@ -104,6 +140,20 @@ class ProcMesh:
     def returncodes(self) -> list[int | None]:
         """Exit codes by rank (None while running; negative: killed by that signal)."""
         return [rp.returncode.value for rp in self._ranks]
+
+    @property
+    def incomplete_files(self) -> list[tuple[str, OSError, int]]:
+        """Per-rank files that could not be written whole: ``(path, error, bytes kept)``."""
+        return [(a.path, a.error, a.written) for rp in self._ranks for a in rp.appenders
+                if a.error is not None]
+
+    async def wait_rank(self, rank: int) -> int:
+        """Wait for ``rank``'s process to exit; return its code."""
+        if not 0 <= rank < self.size:
+            raise ValueError(f"rank {rank} is not in a mesh of {self.size}")
+        code = await self._ranks[rank].returncode.wait_value(lambda v: v is not None)
+        assert code is not None
+        return code
 
     async def wait(self) -> list[int]:
         """Wait for every child to exit; return the exit codes by rank."""
@@ -221,6 +271,9 @@ async def open_proc_mesh(
     *,
     env: Mapping[str, str | None] | None = None,
     log_dir: str | os.PathLike[str] | None = None,
+    log_root: str | os.PathLike[str] | None = None,
+    keep_runs: int = KEEP_RUNS,
+    stdin: int | None = None,
     python: bool | None = None,
     mirror: bool = False,
     drop_policy: Policy = "drop",
@@ -241,11 +294,20 @@ async def open_proc_mesh(
     value of ``None`` removes a variable).  The first Python process each rank starts -- whatever
     the command line: ``python``, a shebang script, ``env python3``, a shell script -- runs
     logmesh's agent, which flushes its buffers for exact barriers and sets its logging level; it
-    carries no log bytes.  ``python=False`` keeps the agent out of every rank.  Every byte goes to ``<run_dir>/rank-N.stdout.log``
-    / ``.stderr.log``; ``run_dir`` is ``log_dir`` or a new directory under ``$LOGMESH_LOG_DIR``
-    (default: the temp dir), printed once on stderr when ``announce``.  ``mirror`` copies the
-    children's bytes to this process's own stdout and stderr (for a host that is not the
-    driver; off by default, so nothing prints twice).
+    carries no log bytes.  ``python=False`` keeps the agent out of every rank.  Each child
+    also gets torchrun's variables for a one-node job (``MASTER_ADDR`` 127.0.0.1 and a free
+    ``MASTER_PORT`` unless set), so ``torch.distributed``'s ``env://`` works.  Its own process
+    group holds it and its descendants; it is killed if this process dies.
+
+    Every byte goes to ``<run_dir>/rank-N.stdout.log`` / ``.stderr.log``: ``run_dir`` is
+    ``log_dir`` itself when given (existing files are appended to), else a new directory named
+    by the time under ``log_root`` (default ``$LOGMESH_LOG_DIR``, else ``/tmp/logmesh-<uid>``,
+    private to the user), where only the newest ``keep_runs`` run directories are kept (0: all)
+    and ``latest`` points at the newest.  It is printed once on stderr when ``announce``.
+    ``stdin=N`` forwards this process's stdin to rank N (the others, and every rank by
+    default, read ``/dev/null``).  ``mirror`` copies the children's bytes to this process's own
+    stdout and stderr (for a host that is not the driver; off by default, so nothing prints
+    twice).
 
     ``drop_policy``: when the live view falls behind by more than ``buffer_bytes`` for a rank,
     ``"drop"`` drops the oldest lines of the live view (counted and reported; the files keep
@@ -262,8 +324,10 @@ async def open_proc_mesh(
     Leaving the block flushes clients made by :meth:`ProcMesh.logging_option` and the files,
     then stops the children still running: SIGTERM, then SIGKILL after ``grace`` seconds.
 
-    Raises ``ValueError`` for bad arguments and ``OSError`` if a file cannot be opened or a
-    child cannot be started (no child is left behind then).
+    Raises ``ValueError`` for bad arguments, :class:`~trio_logmesh.LogmeshError` when the
+    open-file limit leaves no room for ``procs`` ranks, and ``OSError`` if a file cannot be
+    opened or a child cannot be started (its ``filename`` says which; no child, file or run
+    directory is left behind then).
     """
     cmd = [os.fspath(c) for c in cmd]
     if not cmd:
@@ -280,6 +344,12 @@ async def open_proc_mesh(
                     drain_timeout=drain_timeout)
     if not (isinstance(flush_interval, (int, float)) and flush_interval >= 0):
         raise ValueError(f"flush_interval must be >= 0 seconds, not {flush_interval!r}")
+    if isinstance(keep_runs, bool) or not isinstance(keep_runs, int) or keep_runs < 0:
+        raise ValueError(f"keep_runs must be an integer >= 0, not {keep_runs!r}")
+    if stdin is not None and (isinstance(stdin, bool) or not isinstance(stdin, int)
+                              or not 0 <= stdin < procs):
+        raise ValueError(f"stdin must be a rank below {procs} or None, not {stdin!r}")
+    rlimit = ensure_fd_room(procs)
     level = None
     if log_level is not None:
         level = level_number(log_level)
@@ -287,7 +357,9 @@ async def open_proc_mesh(
     if agent:
         compile_child_modules()
     token = secrets.token_bytes(w.TOKEN_SIZE)
-    run_dir = make_run_dir(log_dir)
+    made_dir = log_dir is None or not os.path.isdir(log_dir)
+    run_dir = make_run_dir(log_root, keep_runs) if log_dir is None else use_run_dir(log_dir)
+    master_port = free_port()
     sock_dir = tempfile.mkdtemp(prefix="logmesh-")  # 0700: only this user may connect
     channel = os.path.join(sock_dir, "agents.sock")
     mesh = ProcMesh(procs, run_dir, socket.gethostname(), grace=grace)
@@ -308,8 +380,8 @@ async def open_proc_mesh(
                 raise
             child = child_env(env, rank=rank, size=procs, channel=channel, run_dir=run_dir,
                               agent=agent, token=token, flush_interval=flush_interval,
-                              level=level)
-            processes.append(start_rank(cmd, child))
+                              level=level, master_port=master_port)
+            processes.append(start_rank(cmd, child, stdin=rank == stdin, nofile=rlimit))
     except BaseException:
         for p in processes:
             p.signal_group(signal.SIGKILL)
@@ -320,6 +392,12 @@ async def open_proc_mesh(
         for pair in appenders:
             for a in pair:
                 a.close()
+                if not a.written:  # nothing of this run in it: no trace of a run that never ran
+                    with contextlib.suppress(OSError):
+                        os.unlink(a.path)
+        if made_dir:
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)  # only if it is empty
         if lsock is not None:
             lsock.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
@@ -363,6 +441,10 @@ async def open_proc_mesh(
                 await nursery.start(_agents.serve_agents, lsock, token, on_agent, on_lost)
                 for rp in mesh._ranks:
                     await nursery.start(rp.run, drain_timeout)
+                if stdin is not None:
+                    fd, mesh._ranks[stdin].process.stdin = mesh._ranks[stdin].process.stdin, None
+                    assert fd is not None
+                    nursery.start_soon(forward_stdin, fd)
                 try:
                     yield mesh
                 except BaseException as exc:

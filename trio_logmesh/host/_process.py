@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import resource
 import signal
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -34,13 +35,15 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def _die_with(parent: int, libc: ctypes.CDLL | None) -> None:
-    # Runs in the child between fork and exec: only async-signal-safe work, no allocation of
-    # Python objects beyond what the call needs.
+def _die_with(parent: int, libc: ctypes.CDLL | None, nofile: int | None) -> None:
+    # Runs in the child between fork and exec: little work, nothing that takes a lock.
     if libc is not None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before we asked: follow it now
         os._exit(1)
+    if nofile is not None:  # the limit we raised for ourselves is not the program's business
+        resource.setrlimit(resource.RLIMIT_NOFILE,
+                           (nofile, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
 
 class RankProcess:
@@ -117,10 +120,12 @@ class RankProcess:
 
 
 def start_rank(
-    cmd: Sequence[str], env: Mapping[str, str], *, stdin: bool = False
+    cmd: Sequence[str], env: Mapping[str, str], *, stdin: bool = False,
+    nofile: int | None = None,
 ) -> RankProcess:
     """Start one rank: its own session and process group, pipes for its output (and its
-    input when ``stdin``, else ``/dev/null``), SIGKILL when this process dies.
+    input when ``stdin``, else ``/dev/null``), SIGKILL when this process dies, and its soft
+    open-file limit set back to ``nofile`` when given.
 
     Raises ``OSError`` (``FileNotFoundError``, ``PermissionError``, ...) if it cannot start.
     """
@@ -136,7 +141,7 @@ def start_rank(
             stderr=err_w,
             env=dict(env),
             start_new_session=True,
-            preexec_fn=functools.partial(_die_with, os.getpid(), _libc()),
+            preexec_fn=functools.partial(_die_with, os.getpid(), _libc(), nofile),
         )
     except BaseException:
         for fd in [out_r, err_r, *theirs] + ([in_w] if in_w is not None else []):

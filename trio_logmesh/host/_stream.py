@@ -15,6 +15,7 @@ in-child flush that precedes it, that is every byte the child wrote before the b
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import struct
 import termios
@@ -26,6 +27,8 @@ import trio
 
 from ._lines import COMPLETE, PROGRESS, LineSplitter
 from ._outbox import RankOutbox
+
+_log = logging.getLogger("trio_logmesh")
 
 READ_SIZE = 256 * 1024
 #: After a read that found the pipe less than half full, wait this long before the next one,
@@ -53,9 +56,16 @@ def pipe_pending(fd: int) -> int:
 
 @attrs.define
 class FileAppender:
-    """Appends one stream's raw bytes to its per-process file, exactly as the child wrote them."""
+    """Appends one stream's raw bytes to its per-process file, exactly as the child wrote them.
+
+    A write that fails (a full disk, a quota, an I/O error) ends the file there: the error
+    and how many bytes the file holds are kept (``error``, ``written``) and reported once as a
+    warning on the ``trio_logmesh`` logger; the rank and the live view go on.
+    """
 
     path: str
+    written: int = 0
+    error: OSError | None = None
     _fd: int = -1
 
     def __attrs_post_init__(self) -> None:
@@ -64,10 +74,18 @@ class FileAppender:
     def write(self, data: bytes) -> None:
         """Append ``data``.  A local file append of one chunk does not block the loop for long;
         a thread hop per chunk would cost more than it saves."""
+        if self.error is not None:
+            return
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                self.written += n
+                view = view[n:]
+        except OSError as exc:
+            self.error = exc
+            _log.warning("cannot write %s: %s; the file stops at %s bytes, the rank and the "
+                         "live view go on", self.path, exc.strerror or exc, f"{self.written:,}")
 
     def close(self) -> OSError | None:
         """Close the file (idempotent).  Returns the error closing reported, if any (a full
@@ -78,6 +96,8 @@ class FileAppender:
             try:
                 os.close(fd)
             except OSError as exc:
+                if self.error is None:
+                    self.error = exc
                 return exc
         return None
 
