@@ -135,3 +135,39 @@ def test_spawning_happens_on_the_calling_thread():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=dict(os.environ, LOGMESH_LOG_DIR="/tmp")).stdout
     assert out.strip() == "['MainThread', 'MainThread']"
+
+
+# sys.stdout replaced by a stream whose flush holds its lock for a while, as a BufferedWriter
+# does while blocked on a full pipe.  The program forks while the agent is inside that flush.
+FORK_DURING_FLUSH = r"""
+import os, sys, threading, time
+class Slow:
+    def __init__(self, real):
+        self.real, self.lock, self.flushing = real, threading.Lock(), threading.Event()
+    def write(self, s):
+        with self.lock:
+            return self.real.write(s)
+    def flush(self):
+        with self.lock:
+            self.flushing.set()
+            time.sleep(0.5)
+            self.real.flush()
+sys.stdout = Slow(sys.stdout)
+print("before the fork")
+sys.stdout.flushing.wait(10)  # the agent's periodic flush is under way, holding the lock
+pid = os.fork()
+if pid == 0:
+    print("the child prints")  # hangs forever if the lock was held across the fork
+    sys.stdout.flush()
+    os._exit(0)
+os.waitpid(pid, 0)
+print("the parent goes on")
+"""
+
+
+async def test_nothing_of_ours_holds_a_lock_across_a_fork(run_mesh):
+    async with run_mesh([PY, "-c", FORK_DURING_FLUSH], 1, grace=1.0) as run:
+        with trio.fail_after(20):
+            assert await run.mesh.wait() == [0]
+            await run.client.flush()
+    assert run.sink.lines() == ["before the fork", "the child prints", "the parent goes on"]

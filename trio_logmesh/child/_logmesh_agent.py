@@ -57,7 +57,18 @@ w = _load("_logmesh_wire", "_wire.py")
 _control = _load("_logmesh_control", "_control.py")
 
 
+#: Held while we flush the program's streams, and by ``os.fork`` around a fork: a flush holds
+#: the stream's lock (maybe blocked on a full pipe), and a lock held across a fork stays held
+#: forever in the child, which then hangs at its first print.
+_flush_lock = threading.Lock()
+
+
 def _flush_user_buffers(with_c: bool) -> None:
+    with _flush_lock:
+        _flush_streams(with_c)
+
+
+def _flush_streams(with_c: bool) -> None:
     out, err = sys.stdout, sys.stderr
     streams = [out, err]
     for orig in (sys.__stdout__, sys.__stderr__):  # the user may have replaced sys.stdout
@@ -208,6 +219,7 @@ def _after_fork_in_child() -> None:
     # A child forked without exec (multiprocessing's "fork") must not keep our socket: the
     # host would not see this rank's agent go away.  The thread did not survive the fork.
     global _agent
+    _flush_lock.release()
     agent, _agent = _agent, None
     if agent is None:
         return
@@ -278,7 +290,8 @@ def start() -> None:
         return
     agent = _agent = Agent(sock, conn, interval)
     agent.early = early
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_flush_lock.acquire, after_in_parent=_flush_lock.release,
+                        after_in_child=_after_fork_in_child)
     register = getattr(threading, "_register_atexit", None)
     if register is not None:  # runs before the interpreter waits for non-daemon threads
         register(_wake_at_exit)
