@@ -201,7 +201,7 @@ def test_quickstart_example_streams_aggregates_and_reports_the_failure(tmp_path)
     assert res.returncode == 1
     assert re.search(r"^\[\d+x ranks 0-3\] step \d+\.\.\d+ loss ", res.stdout, re.M), res.stdout
     assert "[3] RuntimeError: rank 3: simulated failure after training" in res.stderr
-    assert "[3] rank 3 exited with code 1" in res.stderr
+    assert "[logmesh] rank 3 exited with code 1" in res.stderr
     assert "logmesh: 1 of 4 rank(s) failed: rank 3 (exit 1)" in res.stderr
 
 
@@ -261,7 +261,7 @@ def test_a_stdout_nobody_reads_never_holds_back_the_ranks_or_the_files(tmp_path)
                     for r in range(2)]
         sizes: list[int] = []
         while time.monotonic() < deadline:
-            sizes = [os.path.getsize(logs / f"rank-{r}.stdout.log") for r in range(2)]
+            sizes = [os.path.getsize(logs / "latest" / f"rank-{r}.stdout.log") for r in range(2)]
             if sizes == expected:
                 break
             time.sleep(0.05)
@@ -274,13 +274,14 @@ def test_a_stdout_nobody_reads_never_holds_back_the_ranks_or_the_files(tmp_path)
             os.close(fd)
 
 
-def test_a_stdout_on_a_full_disk_ends_the_live_view_with_one_line(tmp_path):
+def test_a_stdout_on_a_full_disk_stops_the_run_with_one_line(tmp_path):
     with open("/dev/full", "w") as full:
         res = subprocess.run(LOGMESH + ["run", "-n", "2", "--no-window", "--", "bash", "-c",
-                                        "echo hi"], stdout=full, stderr=subprocess.PIPE,
-                             text=True, timeout=60, cwd=ROOT,
+                                        "echo hi; sleep 30"], stdout=full,
+                             stderr=subprocess.PIPE, text=True, timeout=60, cwd=ROOT,
                              env=dict(os.environ, LOGMESH_LOG_DIR=str(tmp_path)))
-    assert res.returncode == 0
+    assert res.returncode == 1
     assert "Traceback" not in res.stderr
-    assert ("logmesh: the live view stopped: cannot write to stdout: No space left on device; "
-            "the per-rank files are complete") in res.stderr
+    assert ("logmesh: cannot write to stdout: No space left on device; stopping the ranks "
+            "(their files are complete)") in res.stderr
+    assert "logmesh: stopped rank(s) 0-1 (stdout failed)" in res.stderr

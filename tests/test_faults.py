@@ -23,7 +23,7 @@ from .conftest import CHILD_ENV, PY, READY_PY, Collected, wait_stopped
 def dropped_counts(sink: Collected) -> dict[int, int]:
     counts: dict[int, int] = {}
     for text in sink.notices():
-        m = re.fullmatch(r"\[([\d,]+) lines dropped for rank (\d+)\]", text)
+        m = re.fullmatch(r"([\d,]+) lines dropped for rank (\d+)", text)
         if m:
             r = int(m.group(2))
             counts[r] = counts.get(r, 0) + int(m.group(1).replace(",", ""))

@@ -30,7 +30,7 @@ async def test_terminal_sink_prefixes_every_line_and_keeps_streams_apart():
         lines_of(0, ""),
     ])
     assert out.getvalue() == "[0] a\n[0] b\n[6x ranks 0-2] step 1..3\n[0] \n"
-    assert err.getvalue() == "[1] boom\n[1] rank 1 exited with code 1\n"
+    assert err.getvalue() == "[1] boom\n[logmesh] rank 1 exited with code 1\n"
 
 
 async def test_terminal_sink_colors_and_timestamps():
@@ -57,11 +57,11 @@ async def test_json_sink_writes_one_object_per_line():
     await lm.JsonSink(out).emit([
         lines_of(3, "one", "two", partial=True),
         lm.GroupLine("stderr", "w <num>", 4, (0, 1), "0-1", 1.0, 2.0),
-        lm.Notice("stderr", "[5 lines dropped for rank 3]", 3, 5.0),
+        lm.Notice("stderr", "5 lines dropped for rank 3", 3, 5.0),
     ])
     recs = [json.loads(ln) for ln in out.getvalue().splitlines()]
     assert [r.get("text") for r in recs] == ["one", "two", "w <num>",
-                                             "[5 lines dropped for rank 3]"]
+                                             "5 lines dropped for rank 3"]
     assert recs[0] == {"time": 1700000000.25, "rank": 3, "host": "h", "pid": 103,
                        "stream": "stdout", "text": "one"}
     assert recs[1]["partial"] is True and "partial" not in recs[0]

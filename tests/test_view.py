@@ -66,7 +66,7 @@ async def test_dropped_lines_become_one_notice_per_gap(autojump_clock):
         mesh.log(0, b"c\n", dropped=1234)
         mesh.log(0, b"d\n", stream=1, dropped=1239)  # the count is per rank, both streams
         await client.flush()
-    assert sink.notices() == ["[1,234 lines dropped for rank 0]", "[5 lines dropped for rank 0]"]
+    assert sink.notices() == ["1,234 lines dropped for rank 0", "5 lines dropped for rank 0"]
     assert sink.lines() == ["a", "b", "c", "d"]
 
 

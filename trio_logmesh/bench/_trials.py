@@ -84,7 +84,7 @@ with open(os.path.join(sys.argv[2], f"done-{r}"), "w") as f:
     f.write(str(total))
 """
 
-_DROPPED_RE = re.compile(r"\[([\d,]+) lines dropped for rank \d+\]")
+_DROPPED_RE = re.compile(r"([\d,]+) lines dropped for rank \d+")
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -477,7 +477,8 @@ def trial_stall(procs: int, lines: int, seconds: float, stalled: bool = True) ->
             with open(p) as f:
                 expected += int(f.read() or 0)
         width = len(str(procs - 1))
-        paths = [os.path.join(logs, f"rank-{r:0{width}d}.stdout.log") for r in range(procs)]
+        paths = [os.path.join(logs, "latest", f"rank-{r:0{width}d}.stdout.log")
+                 for r in range(procs)]
 
         def on_disk() -> int:
             return sum(os.path.getsize(p) for p in paths if os.path.exists(p))

@@ -20,12 +20,22 @@ aggregated when many ranks print the same thing, and kept whole in per-rank file
 MAIN_EPILOG = "Run 'logmesh COMMAND --help' for a command's options."
 
 RUN_EPILOG = """\
-Each rank gets RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE in its environment.
-Every byte each rank writes is kept in <log-dir>/rank-N.stdout.log and .stderr.log.
+Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE and torchrun's other
+variables (MASTER_ADDR 127.0.0.1 and a free MASTER_PORT unless you set them), runs in its own
+process group with its descendants, and never outlives logmesh. Rank 0 reads logmesh's stdin
+(--stdin). Every byte each rank writes is kept in <run dir>/rank-N.stdout.log and .stderr.log;
+each run gets its own run directory under --log-dir (default $LOGMESH_LOG_DIR, else
+/tmp/logmesh-<uid>), where the newest --keep-runs are kept and 'latest' links the newest.
 
-exit status: 0 when every rank succeeds; otherwise the exit code of the lowest failing rank
-(128+N for a rank killed by signal N); 130 after Ctrl-C. Ctrl-C once sends SIGINT to every
-rank and waits for them (their last output is flushed); twice kills them.
+signals: Ctrl-C sends SIGINT to every rank's process group and stops them (SIGKILL after
+--grace seconds); Ctrl-C again kills them at once. SIGTERM and SIGHUP send SIGTERM, SIGKILL
+after --grace. Ctrl-Z stops the ranks with logmesh; fg or bg continues them.
+
+exit status: 0 when every rank succeeds. When a rank fails, the others are stopped after 2 s
+and its code is the status (128+N for a rank killed by signal N); with --keep-going, the
+lowest failing rank's code. 130 after Ctrl-C, 143 after SIGTERM, 129 after SIGHUP; 141 when
+stdout was closed (| head), 1 when it could not be written; 127 when the program is not
+found, 126 when it cannot be executed, 2 for a bad command line.
 
 examples:
   logmesh run -n 4 -- python3 train.py --epochs 3
@@ -60,6 +70,20 @@ def _positive(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text!r}")
+    return int(text)
+
+
+def _stdin_rank(text: str) -> int | None:
+    if text == "none":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a rank or 'none', not {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``logmesh``."""
     from .. import __version__
@@ -90,8 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-stream", action="store_true",
                      help="show nothing live; only the files and the final summary")
     run.add_argument("--log-dir", metavar="DIR",
-                     help="the run directory for per-rank files (default: a new directory "
-                          "under $LOGMESH_LOG_DIR or the temp dir); printed once at start")
+                     help="where run directories go: each run gets a new one here (default "
+                          "$LOGMESH_LOG_DIR, else /tmp/logmesh-<uid>); printed once at start")
+    run.add_argument("--keep-runs", type=_count, default=20, metavar="N",
+                     help="keep the newest N run directories under --log-dir, 0 all "
+                          "(default 20)")
+    run.add_argument("--keep-going", action="store_true",
+                     help="when a rank fails, let the others run (default: stop them)")
+    run.add_argument("--grace", type=_positive, default=5.0, metavar="SEC",
+                     help="seconds between the stop signal and SIGKILL (default 5)")
+    run.add_argument("--stdin", type=_stdin_rank, default=0, metavar="RANK|none",
+                     help="the rank that reads logmesh's stdin (default 0; none: every rank "
+                          "reads /dev/null)")
     run.add_argument("--ranks", type=parse_ranks, metavar="LIST",
                      help="show only these ranks live, e.g. 0,3-5 (the files keep all)")
     run.add_argument("--timestamps", action="store_true", help="prefix lines with the time")

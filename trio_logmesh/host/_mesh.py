@@ -92,7 +92,8 @@ class OwnedView(Protocol):
     """What the mesh needs of a client it owns (one made by :meth:`ProcMesh.logging_option`)."""
 
     def set_mode(
-        self, stream_to_client: bool, aggregate_window_sec: float | None, level: int | str
+        self, stream_to_client: bool, aggregate_window_sec: float | None,
+        level: int | str | None,
     ) -> None: ...
 
     async def flush(self, timeout: float | None = None) -> None: ...
@@ -189,7 +190,7 @@ class ProcMesh:
         self,
         stream_to_client: bool = True,
         aggregate_window_sec: float | None = None,
-        level: int | str = logging.INFO,
+        level: int | str | None = logging.INFO,
         *,
         sink: object = None,
     ) -> Any:

@@ -47,9 +47,9 @@ SINK_QUEUE_SIZE = 4
 
 
 def check_mode(
-    stream_to_client: bool, aggregate_window_sec: float | None, level: int | str
-) -> int:
-    """Validate ``set_mode`` arguments; return the numeric level.
+    stream_to_client: bool, aggregate_window_sec: float | None, level: int | str | None
+) -> int | None:
+    """Validate ``set_mode`` arguments; return the numeric level (None: leave levels alone).
 
     Raises ``ValueError`` for a window without streaming (the seed's constraint) or a window
     that is not a positive number, and ``TypeError``/``ValueError`` for a bad level.
@@ -68,7 +68,7 @@ def check_mode(
                 f"aggregate_window_sec must be a positive number of seconds or None, "
                 f"not {aggregate_window_sec!r}"
             )
-    return level_number(level)
+    return None if level is None else level_number(level)
 
 
 # -- what travels on the sink channel besides output ---------------------------------------
@@ -173,7 +173,7 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         self,
         stream_to_client: bool = True,
         aggregate_window_sec: float | None = None,
-        level: int | str = logging.INFO,
+        level: int | str | None = logging.INFO,
         *,
         across_ranks_only: bool = False,
     ) -> None:
@@ -183,12 +183,14 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         similar lines per window (see the aggregator).  ``across_ranks_only=True`` groups only
         lines of different ranks, never one rank's own repeats.  ``level`` becomes the root
         logging level in every Python child; it is in force in a child before any later
-        ``flush()`` returns.  Raises ``ValueError`` for a window while ``stream_to_client`` is
-        False.  Does nothing more on a closed client.
+        ``flush()`` returns; ``None`` leaves the programs' own levels alone.  Raises
+        ``ValueError`` for a window while ``stream_to_client`` is False.  Does nothing more on
+        a closed client.
         """
         number = check_mode(stream_to_client, aggregate_window_sec, level)
         self._stream_to_client = stream_to_client
-        self._level = number
+        if number is not None:
+            self._level = number
         if across_ranks_only != self._across_ranks_only and self._aggregator is not None:
             # A different grouping rule: print what the old one holds, start afresh.
             self._pending_out.extend(self._aggregator.drain(trio.current_time()))
@@ -204,7 +206,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                 st.resync = True
             if not st.finished:
                 link.set_streaming(st.rank, streams)
-                link.set_level(st.rank, number)
+                if number is not None:
+                    link.set_level(st.rank, number)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until every byte each child wrote before this call has reached the sink.
@@ -548,7 +551,7 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         sink: object,
         stream_to_client: bool,
         aggregate_window_sec: float | None,
-        level: int | str,
+        level: int | str | None,
     ) -> LoggingMeshClient:
         """The client of ``mesh.logging_option(...)``: validated before anything starts."""
         check_mode(stream_to_client, aggregate_window_sec, level)
@@ -575,7 +578,7 @@ async def open_logging_client(
     ranks: Iterable[int] | None = None,
     stream_to_client: bool = True,
     aggregate_window_sec: float | None = None,
-    level: int | str = logging.INFO,
+    level: int | str | None = logging.INFO,
     across_ranks_only: bool = False,
     exit_timeout: float = 5.0,
 ) -> AsyncIterator[LoggingMeshClient]:

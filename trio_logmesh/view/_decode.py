@@ -2,7 +2,7 @@
 
 Per chunk, never per line: the bytes are decoded once, and lines the host dropped from the
 live view under the ``"drop"`` policy (each frame says how many in all) become one notice on
-the stream of the frame that tells: ``[1,234 lines dropped for rank 3]``.  A partial line
+the stream of the frame that tells: ``[logmesh] 1,234 lines dropped for rank 3``.  A partial line
 shown earlier is not shown again when its newline arrives, and a line holding ``\\r`` shows
 what a terminal would: its last state.
 """
@@ -57,7 +57,7 @@ class RankState:
             self.resync = False
         elif msg.dropped > self.dropped:
             dropped = msg.dropped - self.dropped
-            out.append(Notice(stream, f"[{dropped:,} lines dropped for rank {self.rank}]",
+            out.append(Notice(stream, f"{dropped:,} lines dropped for rank {self.rank}",
                               self.rank, time.time()))
         self.dropped = max(self.dropped, msg.dropped)
         data = msg.data if msg.partial else msg.data[:-1]

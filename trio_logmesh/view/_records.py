@@ -112,8 +112,9 @@ class Notice:
     time: float = 0.0  # wall-clock time (time.time())
 
     def prefix(self) -> str:
-        """The tag printed in front of the notice."""
-        return "[logmesh]" if self.rank is None else f"[{self.rank}]"
+        """The tag printed in front of the notice: ``[logmesh]``, never a rank's tag, so it
+        cannot be taken for something the rank printed (``rank`` says which rank it is about)."""
+        return "[logmesh]"
 
 
 Output = LogLines | GroupLine | Notice

@@ -82,7 +82,8 @@ class TerminalSink:
         out = stdout if stdout is not None else sys.stdout
         err = stderr if stderr is not None else sys.stderr
         self._outputs = {"stdout": TextOutput(out), "stderr": TextOutput(err)}
-        self._color = {"stdout": color_enabled(out, color), "stderr": color_enabled(err, color)}
+        self._color = {"stdout": out is not None and color_enabled(out, color),
+                       "stderr": err is not None and color_enabled(err, color)}
         self.timestamps = timestamps
 
     @property
@@ -93,8 +94,15 @@ class TerminalSink:
     @property
     def output_errors(self) -> dict[str, OSError]:
         """The error that ended output to ``"stdout"`` or ``"stderr"``, if any (a full disk,
-        a terminal that hung up): the live view stopped there, the run went on."""
+        a terminal that hung up, no stdout at all)."""
         return {name: o.error for name, o in self._outputs.items() if o.error is not None}
+
+    async def wait_stdout_ended(self) -> OSError | None:
+        """Wait until output to stdout has ended: return the error, or None when its reader
+        went away (``EPIPE``, as under ``| head``)."""
+        out = self._outputs["stdout"]
+        await out.ended.wait()
+        return out.error
 
     def render(self, item: Output) -> list[bytes]:
         """One item as the bytes written for it (with its final newline), in pieces."""
@@ -151,6 +159,12 @@ class JsonSink:
     def output_errors(self) -> dict[str, OSError]:
         """The error that ended the output, if any, as ``{"stdout": error}``."""
         return {"stdout": self._output.error} if self._output.error is not None else {}
+
+    async def wait_stdout_ended(self) -> OSError | None:
+        """Wait until the output has ended: return the error, or None when its reader went
+        away (``EPIPE``)."""
+        await self._output.ended.wait()
+        return self._output.error
 
     @staticmethod
     def render(item: Output) -> str:

@@ -18,6 +18,7 @@ as it likes.  So, by what the destination is:
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -57,10 +58,19 @@ class TextOutput:
     ends the output the same way: the live view stops, the run and its files go on.
     """
 
-    def __init__(self, stream: TextIO, *, flush: bool = True, raw: bool = True) -> None:
+    def __init__(self, stream: TextIO | None, *, flush: bool = True, raw: bool = True) -> None:
         self.stream = stream
         self._flush = flush
         self._fd: int | None = None
+        #: Set once output has ended: the reader went away, or writing failed.
+        self.ended = trio.Event()
+        self.closed_by_reader = False
+        self.error: OSError | None = None
+        if stream is None:  # no such stream at all (Python's sys.stdout when fd 1 was closed)
+            self.error = OSError(errno.EBADF, os.strerror(errno.EBADF))
+            self.ended.set()
+            self._mode = "closed"
+            return
         if raw:
             try:
                 self._fd = stream.fileno()
@@ -68,10 +78,9 @@ class TextOutput:
                 self._fd = None
         self._mode = ""  # decided at the first write: "text", "inline", "nonblocking", "thread"
         self._lock = threading.Lock()  # thread mode: in order, even after an abandoned write
-        self.closed_by_reader = False
-        self.error: OSError | None = None
 
     def _decide(self) -> None:
+        assert self.stream is not None
         if self._fd is None:
             self._mode = "text"
             return
@@ -108,6 +117,7 @@ class TextOutput:
             return
         try:
             if self._mode == "text":
+                assert self.stream is not None
                 self.stream.write(b"".join(pending).decode("utf-8", "replace"))
                 if self._flush:
                     self.stream.flush()
@@ -141,6 +151,9 @@ class TextOutput:
             if self._mode == "text":
                 raise  # a stream object of the caller's: its error is theirs to see
             self.error = exc
+        finally:
+            if self.closed_by_reader or self.error is not None:
+                self.ended.set()
 
     def _write_blocking(self, fd: int, pending: list[memoryview]) -> None:
         with self._lock:
