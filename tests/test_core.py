@@ -378,3 +378,37 @@ async def test_the_body_exception_survives_a_teardown_error(log_dir):
     notes = getattr(info.value, "__notes__", [])
     assert any("the sink failed during teardown" in n for n in notes), notes
     assert mesh.returncodes == [0, 0]  # and the teardown still stopped the ranks
+
+
+async def test_a_prompt_waiting_for_its_newline_comes_before_what_follows_on_stderr(run_mesh):
+    child = ("import sys\nsys.stdout.write('Enter a value: ')\nsys.stdout.flush()\n"
+             "raise SystemExit('no input')\n")
+    async with run_mesh([PY, "-c", child], 1) as run:
+        await run.mesh.wait()
+        await run.client.flush()
+    shown = [(i.stream, i.text) for i in run.sink.items if isinstance(i, lm.LogLines)]
+    assert shown == [("stdout", "Enter a value: "), ("stderr", "no input")]
+
+
+async def test_a_long_line_is_cut_in_the_view_and_whole_in_the_file(run_mesh):
+    child = "print('x' * 100_000); print('next')"
+    async with run_mesh([PY, "-c", child], 1, max_line=65536) as run:
+        await run.mesh.wait()
+        await run.client.flush()
+    lines = run.sink.lines()
+    assert lines[0] == "x" * 65536 + " … [truncated 33.7 KiB]"
+    assert lines[1] == "next"
+    assert open(run.mesh.log_files(0)[0]).read() == "x" * 100_000 + "\nnext\n"
+
+
+async def test_stderr_during_a_stdout_flood_splits_no_line_and_keeps_order(run_mesh):
+    # stdout chunks end mid-line all the time; stderr lines must wait for the line to end,
+    # never cut it in two, and each stream keeps its own order.
+    child = ("import sys\nfor i in range(30000):\n"
+             "    sys.stdout.write(f'out {i} ' + 'x' * 50 + '\\n')\n"
+             "    if i % 1000 == 0:\n        sys.stderr.write(f'err {i}\\n')\n")
+    async with run_mesh([PY, "-c", child], 1) as run:
+        await run.mesh.wait()
+        await run.client.flush()
+    assert run.sink.lines(stream="stdout") == [f"out {i} " + "x" * 50 for i in range(30000)]
+    assert run.sink.lines(stream="stderr") == [f"err {i}" for i in range(0, 30000, 1000)]

@@ -119,3 +119,20 @@ def test_a_bar_ending_in_cr_shows_its_latest_state_when_idle():
     s.feed(b"a\r10%\r", 0)
     assert s.feed(b"20%\r", 0.01) == []  # throttled
     assert s.take_partial() == [(b"20%", 1)]  # the latest state, not nothing
+
+
+@given(st.lists(st.integers(0, 400), min_size=1, max_size=30), st.integers(80, 200))
+def test_long_lines_arriving_whole_are_cut_exactly_like_one_by_one(lengths, max_line):
+    from trio_logmesh.host._lines import cut_long_lines
+
+    lines = [bytes([97 + i % 26]) * n for i, n in enumerate(lengths)]
+    run = b"".join(ln + b"\n" for ln in lines)
+    want = b"".join(
+        (ln[:max_line] + truncation_marker(len(ln) - max_line) if len(ln) > max_line else ln)
+        + b"\n" for ln in lines
+    )
+    assert cut_long_lines(run, max_line) == want
+    # and through the splitter, whatever the chunking of the reads
+    s = LineSplitter(max_line=max_line)
+    got = b"".join(d for d, _ in s.feed(run, 0))
+    assert got == want

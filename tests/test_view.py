@@ -278,3 +278,16 @@ async def test_the_body_exception_survives_a_failing_sink_at_exit(autojump_clock
             raise ValueError("the user's own")
     notes = getattr(info.value, "__notes__", [])
     assert any("sink failed while closing" in n for n in notes), notes
+
+
+async def test_a_ranks_exit_notice_comes_after_its_held_lines(autojump_clock):
+    mesh = FakeMesh(2)
+    sink = Collected()
+    async with lm.open_logging_client(mesh, sink=sink, aggregate_window_sec=60):
+        mesh.log(0, b"err 1\n")
+        mesh.log(1, b"err 2\n")  # held by the window
+        mesh.exit(1, 1)
+        await sink.wait_for(lambda: sink.notices())
+        await trio.testing.wait_all_tasks_blocked()
+    texts = [lm.format_output(i) for i in sink.items]
+    assert texts.index("[1] err 2") < texts.index("[logmesh] rank 1 exited with code 1")

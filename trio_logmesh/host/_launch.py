@@ -93,6 +93,36 @@ def make_run_dir(log_root: str | os.PathLike[str] | None, keep_runs: int) -> str
     return path
 
 
+_SOCKET_DIR = re.compile(r"^logmesh-sock-(\d+)-")
+
+
+def make_socket_dir() -> str:
+    """A fresh private (0700) directory for a mesh's control socket, named after this process.
+
+    Directories of processes that no longer exist -- a driver killed with SIGKILL cannot clean
+    up -- are removed first (only this user's).
+    """
+    tmp = tempfile.gettempdir()
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        names = []
+    for name in names:
+        m = _SOCKET_DIR.match(name)
+        if m is None:
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            if os.lstat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue
+    return tempfile.mkdtemp(prefix=f"logmesh-sock-{os.getpid()}-")
+
+
 def use_run_dir(log_dir: str | os.PathLike[str]) -> str:
     """``log_dir`` as the run directory itself (created if missing; files in it are appended)."""
     path = os.fspath(log_dir)

@@ -11,10 +11,11 @@ chunking.  What it guarantees:
 * **Progress bars.** While the held partial line contains ``\\r`` (tqdm, pip, custom bars
   redraw in place), only its latest state is kept: the text after the last ``\\r``.  That state
   comes out as a partial line at most once per ``progress_interval`` seconds.
-* **Huge lines.** Once ``max_line`` bytes of a line were read without a newline, the line is
-  cut: its first ``max_line`` bytes are kept, the rest is counted and discarded until the
-  newline, and the line comes out as ``head + " … [truncated 63.9 MiB]"``.  Memory stays at
-  ``max_line`` whatever the line's length.  (The per-process files keep every byte.)
+* **Huge lines.** A line longer than ``max_line`` comes out cut: its first ``max_line`` bytes
+  and ``" … [truncated 63.9 MiB]"``.  Once ``max_line`` bytes of a line were read without a
+  newline, the rest is counted and discarded until the newline, so memory stays at
+  ``max_line`` whatever the line's length; a long line that arrives whole within one read is
+  cut the same way (:func:`cut_long_lines`).  (The per-process files keep every byte.)
 """
 
 from __future__ import annotations
@@ -44,6 +45,36 @@ def truncation_marker(dropped: int) -> bytes:
     return f" … [truncated {human_size(dropped)}]".encode()
 
 
+def cut_long_lines(run: bytes, max_line: int) -> bytes:
+    """``run`` (complete lines, ending in ``\\n``) with every line longer than ``max_line``
+    cut to ``max_line`` bytes and the truncation marker.
+
+    A handful of ``find`` calls per chunk, not work per line: a line longer than ``max_line``
+    holds a whole aligned block of ``(max_line + 1) // 2`` bytes without a newline, so only
+    such blocks are looked at closely.
+    """
+    block = (max_line + 1) // 2
+    pieces: list[bytes] = []
+    done = 0  # run[:done] is settled
+    pos = 0
+    n = len(run)
+    while pos + block <= n:
+        if run.find(b"\n", pos, pos + block) >= 0:
+            pos += block
+            continue
+        start = run.rfind(b"\n", 0, pos) + 1
+        end = run.find(b"\n", pos + block)  # the run ends in a newline: always found
+        if end - start > max_line:
+            pieces.append(run[done : start + max_line])
+            pieces.append(truncation_marker(end - start - max_line))
+            done = end
+        pos = end + 1
+    if not pieces:
+        return run
+    pieces.append(run[done:])
+    return b"".join(pieces)
+
+
 @attrs.define
 class LineSplitter:
     """See the module docstring.  ``feed``/``take_partial`` return ``(data, kind)`` runs, kind
@@ -59,6 +90,11 @@ class LineSplitter:
     def pending(self) -> bool:
         """Whether a partial line is held."""
         return bool(self._pending) or self._dropped > 0
+
+    @property
+    def holds_plain_partial(self) -> bool:
+        """Whether a partial line is held that is not a progress bar's state (no ``\\r``)."""
+        return bool(self._pending) and b"\r" not in self._pending
 
     def feed(self, chunk: bytes, now: float) -> list[tuple[bytes, int]]:
         """Split a chunk; return the runs to hand on, in order."""
@@ -76,9 +112,12 @@ class LineSplitter:
             # One copy at most: the held partial line and the chunk up to its last newline.
             pending = self._pending
             if pending:
-                out.append((b"".join((pending, memoryview(chunk)[:cut])), COMPLETE))
+                run = b"".join((pending, memoryview(chunk)[:cut]))
             else:
-                out.append((chunk if cut == len(chunk) else chunk[:cut], COMPLETE))
+                run = chunk if cut == len(chunk) else chunk[:cut]
+            if len(run) > self.max_line:
+                run = cut_long_lines(run, self.max_line)
+            out.append((run, COMPLETE))
             rest = chunk[cut:]
         else:
             rest = self._pending + chunk if self._pending else chunk

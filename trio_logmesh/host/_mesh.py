@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -39,6 +38,7 @@ from ._launch import (
     free_port,
     log_paths,
     make_run_dir,
+    make_socket_dir,
     use_run_dir,
 )
 from ._lines import MAX_LINE, PROGRESS_INTERVAL, LineSplitter
@@ -361,7 +361,7 @@ async def open_proc_mesh(
     made_dir = log_dir is None or not os.path.isdir(log_dir)
     run_dir = make_run_dir(log_root, keep_runs) if log_dir is None else use_run_dir(log_dir)
     master_port = free_port()
-    sock_dir = tempfile.mkdtemp(prefix="logmesh-")  # 0700: only this user may connect
+    sock_dir = make_socket_dir()  # 0700: only this user may connect
     channel = os.path.join(sock_dir, "agents.sock")
     mesh = ProcMesh(procs, run_dir, socket.gethostname(), grace=grace)
     processes: list[RankProcess] = []
@@ -418,6 +418,7 @@ async def open_proc_mesh(
                         read_buffer=read_buffer)
             for i, fd in enumerate((process.stdout, process.stderr))
         )
+        fwds[0].sibling, fwds[1].sibling = fwds[1], fwds[0]
         mesh._ranks.append(RankProc(rank, process, outbox, fwds, appenders[rank],  # type: ignore[arg-type]
                                     level=level))
         actors.append(LogForwardActor(rank, outbox))
@@ -440,12 +441,12 @@ async def open_proc_mesh(
             mesh._nursery = nursery
             try:
                 await nursery.start(_agents.serve_agents, lsock, token, on_agent, on_lost)
-                for rp in mesh._ranks:
-                    await nursery.start(rp.run, drain_timeout)
-                if stdin is not None:
+                if stdin is not None:  # the forwarder owns it now, whenever the rank ends
                     fd, mesh._ranks[stdin].process.stdin = mesh._ranks[stdin].process.stdin, None
                     assert fd is not None
                     nursery.start_soon(forward_stdin, fd)
+                for rp in mesh._ranks:
+                    await nursery.start(rp.run, drain_timeout)
                 try:
                     yield mesh
                 except BaseException as exc:

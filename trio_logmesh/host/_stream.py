@@ -39,6 +39,8 @@ COALESCE_SEC = 0.002
 #: The pipe size asked for: room for what a busy child writes during a pause.  (128 KiB and
 #: 1 MiB measured the same, host and children, over 16 alternating trials of each.)
 PIPE_SIZE = 1024 * 1024
+#: Output of one stream held behind the other stream's partial line, at most (bytes).
+PARK_BYTES = 1024 * 1024
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -126,6 +128,10 @@ class StreamFwder:
     eof: bool = False
     splitter: LineSplitter = attrs.field(factory=LineSplitter)
     read_buffer: ReadBuffer = attrs.field(factory=ReadBuffer)
+    #: The rank's other stream: a partial line it holds is older than what this one reads.
+    sibling: StreamFwder | None = None
+    _parked: list[tuple[bytes, int]] = attrs.field(factory=list)
+    _parked_bytes: int = 0
     _cuts: list[tuple[int, Callable[[], None]]] = attrs.field(factory=list)
     _busy: int = READ_SIZE  # a read at least this big means the pipe was filling up
 
@@ -140,12 +146,51 @@ class StreamFwder:
             self._busy = 32 * 1024
 
     # -- output --------------------------------------------------------------------------
-    def _emit(self, data: bytes, kind: int) -> None:
+    # Order across the rank's two streams: while the other stream holds a partial line (a
+    # prompt waiting for its newline), this stream's output waits behind it ("parked") until
+    # that line is resolved -- its newline came, it was handed on idle, at a barrier or at
+    # EOF -- so the prompt comes before the traceback that followed it, and no line is split
+    # in two for it.  A park holds at most PARK_BYTES: past that, the partial line goes out.
+    def _emit(self, data: bytes, kind: int, force: bool = False) -> None:
+        sibling = self.sibling
+        behind = (sibling is not None and not sibling.eof
+                  and sibling.splitter.holds_plain_partial)
+        if not force and (self._parked or behind):
+            self._parked.append((data, kind))
+            self._parked_bytes += len(data)
+            if self._parked_bytes > PARK_BYTES and sibling is not None:
+                sibling._emit_pending()  # its partial line, then what waited behind it
+            return
+        if self._parked:
+            if behind:
+                sibling._emit_pending()  # type: ignore[union-attr]  # releases ours after it
+            if self._parked:
+                self._flush_parked()
+        self._append(data, kind)
+        if sibling is not None and sibling._parked and not self.splitter.holds_plain_partial:
+            sibling._flush_parked()
+
+    def _append(self, data: bytes, kind: int) -> None:
         self.outbox.append_log(self.stream_id, data, kind != COMPLETE, kind == PROGRESS)
 
+    def _flush_parked(self) -> None:
+        parked, self._parked, self._parked_bytes = self._parked, [], 0
+        for data, kind in parked:
+            self._append(data, kind)
+
     def _emit_pending(self) -> None:
+        """Hand on the held partial line now (idle, barrier, EOF), and what waits behind it.
+        Output of ours that waits behind the other stream's partial line lets that go first."""
         for data, kind in self.splitter.take_partial():
-            self._emit(data, kind)
+            self._emit(data, kind, force=True)
+        sibling = self.sibling
+        if self._parked:
+            if sibling is not None and sibling.splitter.holds_plain_partial:
+                sibling._emit_pending()
+            if self._parked:
+                self._flush_parked()
+        if sibling is not None and sibling._parked and not self.splitter.holds_plain_partial:
+            sibling._flush_parked()
 
     def _check_cuts(self) -> None:
         if not self._cuts:
@@ -163,6 +208,30 @@ class StreamFwder:
         included).  Calls it at once when the pipe holds nothing unread or is at EOF."""
         self._cuts.append((self.offset + (0 if self.eof else pipe_pending(self.fd)), done))
         self._check_cuts()
+
+    def _consume(self, chunk: bytes) -> None:
+        """One chunk read from the pipe: to the file (and the mirror), its lines to the outbox."""
+        self.offset += len(chunk)
+        if self.appender is not None:
+            self.appender.write(chunk)
+        if self.mirror is not None:
+            self.mirror.write(chunk)
+            self.mirror.flush()
+        for data, kind in self.splitter.feed(chunk, trio.current_time()):
+            self._emit(data, kind)
+
+    def take_waiting(self) -> None:
+        """Read and hand on, now, whatever waits in the pipe (nothing if it is empty)."""
+        if self.eof or not pipe_pending(self.fd):
+            return
+        rb = self.read_buffer
+        try:
+            n = os.readv(self.fd, [rb.buf])
+        except BlockingIOError:
+            return
+        if n:
+            self._consume(bytes(rb.view[:n]))
+            self._check_cuts()
 
     # -- the task ------------------------------------------------------------------------
     async def _read(self) -> bytes:
@@ -194,14 +263,17 @@ class StreamFwder:
                     chunk = await self._read()
                 if not chunk:
                     break
-                self.offset += len(chunk)
-                if self.appender is not None:
-                    self.appender.write(chunk)
-                if self.mirror is not None:
-                    self.mirror.write(chunk)
-                    self.mirror.flush()
-                for data, kind in self.splitter.feed(chunk, trio.current_time()):
-                    self._emit(data, kind)
+                sibling = self.sibling
+                if sibling is None or sibling.eof:
+                    self._consume(chunk)
+                elif self.stream_id == 0:
+                    # Output on both pipes at once has no knowable order: stdout's goes first
+                    # (a prompt or a progress line usually precedes the error on stderr).
+                    self._consume(chunk)
+                    sibling.take_waiting()
+                else:
+                    sibling.take_waiting()
+                    self._consume(chunk)
                 self._check_cuts()
                 if len(chunk) < self._busy and not self._cuts:
                     await trio.sleep(COALESCE_SEC)

@@ -495,6 +495,10 @@ class Aggregator:
         self._deadline = self._open_time + self._window
         return self.expire(now)
 
+    def holds(self, rank: int) -> bool:
+        """Whether the open window holds lines of ``rank`` (to print before its exit)."""
+        return any(g.count and rank in g.ranks for g in self._order)
+
     def drain(self, now: float) -> list[Output]:
         """All summaries pending, at once (for flush, teardown, turning aggregation off).
 

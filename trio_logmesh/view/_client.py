@@ -453,6 +453,10 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                 elif isinstance(frame, Exit):
                     st.finished = True
                     st.exit_code = frame.code
+                    agg = self._aggregator
+                    if agg is not None and agg.holds(rank):
+                        # The rank's last lines before its exit notice, not after it.
+                        out.extend(agg.drain(trio.current_time()))
                     if frame.code != 0:
                         out.append(Notice("stderr", _exit_text(rank, frame.code), rank,
                                           time.time()))
