@@ -291,3 +291,13 @@ async def test_a_ranks_exit_notice_comes_after_its_held_lines(autojump_clock):
         await trio.testing.wait_all_tasks_blocked()
     texts = [lm.format_output(i) for i in sink.items]
     assert texts.index("[1] err 2") < texts.index("[logmesh] rank 1 exited with code 1")
+
+
+async def test_a_channel_sink_whose_reader_is_gone_ends_the_client_with_one_error(autojump_clock):
+    mesh = FakeMesh(1)
+    send, recv = trio.open_memory_channel[lm.Output](1)
+    await recv.aclose()
+    with pytest.raises(trio.BrokenResourceError):  # one exception, not a hang or a nest
+        async with lm.open_logging_client(mesh, sink=send):
+            mesh.log(0, b"nobody reads this\n")
+            await trio.sleep(60)
