@@ -53,8 +53,11 @@ async def test_flush_timeout_on_the_mock_clock(autojump_clock):
     child = "import signal, time; print('up', flush=True); signal.pause()"
     async with lm.open_proc_mesh([sys.executable, "-c", child], procs=1, announce=False,
                                  grace=1) as mesh:
-        client = await mesh.logging_option(sink=lambda item: None)
-        await client.flush()
+        seen: list[str] = []
+        client = await mesh.logging_option(
+            sink=lambda item: seen.extend(getattr(item, "lines", ())))
+        while "up" not in seen:  # its user code runs: its agent is connected
+            await client.flush()
         mesh.send_signal(signal.SIGSTOP)  # the rank can no longer answer
         while _state(mesh.pids[0]) != "T":  # a stop takes effect asynchronously
             await trio.sleep(0.01)

@@ -246,18 +246,23 @@ def _await_welcome(sock: _socket.socket, conn) -> list | None:  # type: ignore[n
     """The host's answer: the requests that came with its welcome, or None if refused.
 
     The user's code starts only after this: from then on the host knows this process, so a
-    barrier never misses what it buffers.
+    barrier never misses what it buffers.  A level the host sends ahead of its welcome is set
+    here, so the user's first log call already obeys it.
     """
     while True:
         data = sock.recv(4096)
         if not data:
             return None
         events = conn.receive(data)
-        for i, (kind, _) in enumerate(events):
+        for i, (kind, value) in enumerate(events):
             if kind == w.WELCOME:
                 return events[i + 1 :]
             if kind == w.REJECT:
                 return None
+            if kind == w.SET_LEVEL:
+                import logging
+
+                logging.getLogger().setLevel(value)
 
 
 def start() -> None:

@@ -40,8 +40,9 @@ def compile_child_modules() -> None:
             pass
 
 
-#: A run directory's name: when it started, and a random part.
-_RUN_NAME = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_]{8}$")
+#: A run directory's name: when it started (to the nanosecond within its second, so names
+#: sort as the runs started), and a random part.
+_RUN_NAME = re.compile(r"^\d{8}-\d{6}-\d{9}-[A-Za-z0-9_]{8}$")
 
 
 def default_log_root() -> str:
@@ -81,8 +82,9 @@ def make_run_dir(log_root: str | os.PathLike[str] | None, keep_runs: int) -> str
                       if _RUN_NAME.match(n) and os.path.isdir(os.path.join(root, n)))
         for name in runs[: max(0, len(runs) - (keep_runs - 1))]:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = tempfile.mkdtemp(prefix=f"{stamp}-", dir=root)
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now // 10**9))
+    path = tempfile.mkdtemp(prefix=f"{stamp}-{now % 10**9:09d}-", dir=root)
     latest = os.path.join(root, "latest")
     try:  # replace the link atomically: a reader never finds it missing
         tmp = f"{latest}.{os.getpid()}"

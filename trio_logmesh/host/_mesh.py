@@ -437,29 +437,39 @@ async def open_proc_mesh(
     body_error: BaseException | None = None
     errors: list[BaseException] = []
     try:
-        async with trio.open_nursery() as nursery:
-            mesh._nursery = nursery
+        # Two nurseries: the ranks' readers outlive the views (a view that fails must not
+        # stop the reading of pipes -- a child writing its last words would die of SIGPIPE).
+        async with trio.open_nursery() as ranks_nursery:
             try:
-                await nursery.start(_agents.serve_agents, lsock, token, on_agent, on_lost)
+                await ranks_nursery.start(_agents.serve_agents, lsock, token, on_agent, on_lost)
                 if stdin is not None:  # the forwarder owns it now, whenever the rank ends
                     fd, mesh._ranks[stdin].process.stdin = mesh._ranks[stdin].process.stdin, None
                     assert fd is not None
-                    nursery.start_soon(forward_stdin, fd)
+                    ranks_nursery.start_soon(forward_stdin, fd)
                 for rp in mesh._ranks:
-                    await nursery.start(rp.run, drain_timeout)
-                try:
-                    yield mesh
-                except BaseException as exc:
-                    body_error = exc
+                    await ranks_nursery.start(rp.run, drain_timeout)
+                async with trio.open_nursery() as views_nursery:
+                    mesh._nursery = views_nursery
+                    try:
+                        yield mesh
+                    except BaseException as exc:
+                        body_error = exc
+                    finally:
+                        with trio.CancelScope(shield=True):
+                            await _teardown(mesh, grace)
+                        views_nursery.cancel_scope.cancel()
             finally:
-                with trio.CancelScope(shield=True):
-                    await _teardown(mesh, grace)
-                nursery.cancel_scope.cancel()
+                if not all(rp.exited.is_set() for rp in mesh._ranks):
+                    with trio.CancelScope(shield=True):  # the teardown did not run
+                        await mesh.stop(grace)
+                ranks_nursery.cancel_scope.cancel()
     except BaseException as exc:  # our tasks' failures (a user's sink, typically)
         errors = leaf_errors(exc)
         if not errors and body_error is None:
             raise
     finally:
+        for rp in mesh._ranks:  # their tasks are over: end every stream still open
+            rp.finish()
         mesh._nursery = None
         mesh._forwarders = None
         shutil.rmtree(sock_dir, ignore_errors=True)
@@ -484,6 +494,9 @@ async def _teardown(mesh: ProcMesh, grace: float) -> None:
     for rp in mesh._ranks:
         rp.outbox.set_policy("drop")  # from here on nothing may hold the pipes back
     await mesh.stop(grace)
+    for rp in mesh._ranks:
+        if rp.task_ended:  # its reader was cancelled (a failure): take what is left now
+            rp.finish()
     with trio.move_on_after(KILL_WAIT):
         for rp in mesh._ranks:
             await rp.drained.wait()

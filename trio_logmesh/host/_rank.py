@@ -58,6 +58,8 @@ class RankProc:
     _next_request: int = 1
     _cutting: int = 0
     _exit_appended: bool = False
+    #: The :meth:`run` task has returned (or was cancelled).
+    task_ended: bool = False
 
     # -- the barrier ---------------------------------------------------------------------
     def barrier(self, done: Callable[[], None]) -> None:
@@ -101,11 +103,11 @@ class RankProc:
         if self.exited.is_set():
             return None
         old, self.agent = self.agent, link
+        if self.level is not None:  # ahead of the welcome: in force before the user's code
+            link.send(link.conn.set_level(self.level))
         link.send(link.conn.welcome())
         if old is not None:
             old.close()  # its reader reports it lost, which cuts what it was asked
-        if self.level is not None:
-            link.send(link.conn.set_level(self.level))
         return self._agent_flushed
 
     def _agent_flushed(self, link: AgentLink, request: int) -> None:
@@ -149,8 +151,9 @@ class RankProc:
         """Read the pipes, wait for the process, read its last output, end the stream.
 
         Ends once the process exited and its pipes reached EOF (or were given up after
-        ``drain_timeout`` seconds of silence from a descendant holding them).  Cancelled, it
-        still ends the rank's stream with an ``Exit`` frame.  The files are closed either way.
+        ``drain_timeout`` seconds of silence from a descendant holding them), with
+        :meth:`finish`.  Cancelled while the process runs, it leaves the pipes open for the
+        mesh's teardown to :meth:`finish` after stopping the process.
         """
         try:
             async with trio.open_nursery() as nursery:
@@ -168,21 +171,34 @@ class RankProc:
 
                 nursery.start_soon(read_pipes)
                 task_status.started()
-                code = await self.reap()
+                await self.reap()
                 await _drain_after_exit(self.fwds, drain_timeout)
                 read_scope.cancel()
                 await readers_done.wait()  # their held partial lines are in the outbox now
-                self._append_exit(code)
-                self.drained.set()
                 nursery.cancel_scope.cancel()
         finally:
-            code = self.returncode.value
-            self._append_exit(code if code is not None else -9)
-            self.process.close_pipes()
-            for appender in self.appenders:
-                error = appender.close()
-                if error is not None:
-                    self.file_errors.append(error)
+            self.task_ended = True
+            if self.exited.is_set():
+                self.finish()
+            # Else the process still runs: its pipes stay open (closing them would kill it
+            # with SIGPIPE on its next write) until the mesh stopped it and calls finish().
+
+    def finish(self) -> None:
+        """End the rank's stream: take what its pipes still hold (without waiting), append
+        ``Exit``, close the pipes and the files.  Idempotent; after the process was reaped
+        when possible (else the code shown is -9)."""
+        if self.drained.is_set():
+            return
+        for fwd in self.fwds:
+            fwd.salvage()
+        code = self.returncode.value
+        self._append_exit(code if code is not None else -9)
+        self.process.close_pipes()
+        for appender in self.appenders:
+            error = appender.close()
+            if error is not None:
+                self.file_errors.append(error)
+        self.drained.set()
 
     async def reap(self) -> int:
         """Wait for the process to end (reaping it), note its code, let go of its agent."""

@@ -233,6 +233,25 @@ class StreamFwder:
             self._consume(bytes(rb.view[:n]))
             self._check_cuts()
 
+    def salvage(self) -> None:
+        """Read, without waiting, whatever the pipe still holds (its reader task is gone: the
+        rank is ending) and hand it all on, partial line included.  Bounded: a descendant
+        that still writes is not followed for long."""
+        rb = self.read_buffer
+        budget = 4 * PIPE_SIZE
+        while budget > 0:
+            try:
+                n = os.readv(self.fd, [rb.buf])
+            except (BlockingIOError, OSError):
+                break
+            if not n:
+                break
+            budget -= n
+            self._consume(bytes(rb.view[:n]))
+        self.eof = True
+        self._emit_pending()
+        self._check_cuts()
+
     # -- the task ------------------------------------------------------------------------
     async def _read(self) -> bytes:
         """The next chunk of the pipe (``b""`` at EOF).  Not a checkpoint when data is waiting:

@@ -13,7 +13,8 @@ keeps the barrier bookkeeping both ends must agree on:
   ``FLUSHED(v)``, once per version.  :attr:`ControlConnection.outstanding` holds the versions
   asked and not yet answered: when the connection is lost (the child exited, or exec'd), the
   host cuts the pipes for those itself;
-* ``SET_LEVEL(n)`` sets the child's root logging level.
+* ``SET_LEVEL(n)`` sets the child's root logging level; the host may send it ahead of its
+  ``WELCOME``, and the agent then sets it before the user's code starts.
 
 Anything else -- an unknown frame, a frame meant for the other role, an answer to a version
 never asked -- raises :class:`ProtocolError`, and whoever drives the connection closes it.
