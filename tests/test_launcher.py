@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -66,13 +67,14 @@ trio.run(main)
 
 async def test_no_rank_survives_a_killed_driver(ready, tmp_path):
     # SIGKILL leaves the driver no chance to stop anything: the kernel's parent-death signal
-    # must end the ranks.
+    # must end the ranks, and the watchdog their children.
     env = dict(os.environ, READY=ready.path, LOGMESH_LOG_DIR=str(tmp_path))
     driver = subprocess.Popen([PY, "-c", DRIVER, WITH_GRANDCHILD], env=env)
     try:
         with trio.fail_after(30):
             said = await ready.wait_prefixed("pids", 2)
         ranks = [int(s.split()[1]) for s in said]
+        grandchildren = [int(s.split()[2]) for s in said]
         # Well past the age at which an idle worker thread of the driver would have ended:
         # the signal must follow the driver, not the thread that started the ranks.
         await trio.sleep(11)
@@ -80,10 +82,15 @@ async def test_no_rank_survives_a_killed_driver(ready, tmp_path):
         driver.kill()
         driver.wait()
         assert await wait_gone(ranks, 5) == []
+        # ... and the watchdog ends what the ranks started.
+        assert await wait_gone(grandchildren, 5) == []
     finally:
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+        for pid in locals().get("grandchildren", []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_cancelling_the_mesh_ends_within_about_grace_and_reaps_every_rank(log_dir):
@@ -126,7 +133,9 @@ def test_spawning_happens_on_the_calling_thread():
             "from trio_logmesh.host import _process\n"
             "orig = _process.subprocess.Popen\n"
             "seen = []\n"
-            "def spy(*a, **k):\n    seen.append(threading.current_thread().name)\n"
+            "def spy(*a, **k):\n"
+            "    if a[0] == ['true']:  # a rank, not the watchdog\n"
+            "        seen.append(threading.current_thread().name)\n"
             "    return orig(*a, **k)\n"
             "_process.subprocess.Popen = spy\n"
             "async def main():\n"

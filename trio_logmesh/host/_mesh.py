@@ -47,6 +47,7 @@ from ._process import RankProcess, start_rank
 from ._rank import RankProc
 from ._stdin import forward_stdin
 from ._stream import FileAppender, ReadBuffer, StreamFwder
+from ._watchdog import Watchdog
 
 #: Seconds an exited child's pipes may stay open and silent (a descendant holds them) before
 #: the host stops reading them.
@@ -367,10 +368,12 @@ async def open_proc_mesh(
     processes: list[RankProcess] = []
     appenders: list[tuple[FileAppender, FileAppender]] = []
     lsock = None
+    watchdog: Watchdog | None = None
     try:
         # Everything that can fail on bad input (the files, the program) fails here, as a
         # plain exception, before any task runs.
         lsock = _agents.listen(channel, backlog=max(128, procs))
+        watchdog = await Watchdog.start()
         for rank in range(procs):
             paths = mesh.log_files(rank)
             out = FileAppender(paths[0])
@@ -383,6 +386,7 @@ async def open_proc_mesh(
                               agent=agent, token=token, flush_interval=flush_interval,
                               level=level, master_port=master_port)
             processes.append(start_rank(cmd, child, stdin=rank == stdin, nofile=rlimit))
+            watchdog.watch(processes[-1].pid)  # its process group
     except BaseException:
         for p in processes:
             p.signal_group(signal.SIGKILL)
@@ -390,6 +394,8 @@ async def open_proc_mesh(
             for p in processes:
                 await p.wait()
                 p.close_pipes()
+            if watchdog is not None:
+                await watchdog.close()
         for pair in appenders:
             for a in pair:
                 a.close()
@@ -470,6 +476,7 @@ async def open_proc_mesh(
     finally:
         for rp in mesh._ranks:  # their tasks are over: end every stream still open
             rp.finish()
+        await watchdog.close()  # type: ignore[union-attr]  # every group was stopped
         mesh._nursery = None
         mesh._forwarders = None
         shutil.rmtree(sock_dir, ignore_errors=True)
