@@ -1,0 +1,449 @@
+"""Folding across ranks: the k-th "step 5 loss ..." of every rank becomes one line.
+
+This is the default fold of the driver's view (``aggregate_window_sec=W``), a pure engine: no
+trio, no I/O; the caller passes ``now`` (``trio.current_time()``) to every method.
+
+The typical multi-rank job is SPMD: every rank prints the same sequence of lines with
+different values.  So the engine lines the ranks' output up, line by line:
+
+* Each rank's output is cut into *units* (``_blocks``): a line, or a block kept whole (a
+  traceback, a warning with its source line, a log record with its continuation lines).
+* A unit joins a *slot* of its kind (stream + template for a line, stream + exact text for a
+  block): the oldest open slot of that kind the rank has no unit in yet, else a new one.  So
+  the k-th occurrence of a kind in one rank goes with the k-th in the others.
+* A slot is shown once every rank expected to print its kind has (``[ranks 0-63] step 5
+  loss 0.41..0.43``), or when ``window`` seconds have passed since it opened, with the ranks
+  it has.  A kind that timed out expects, from then on, the ranks that printed it in time (a
+  line only rank 0 prints waits once, not every time); a rank printing it again is expected
+  again.  Ranks that have exited are not waited for.
+* Each rank's units come out in the order the rank wrote them (both streams): a slot waits
+  for every unit its ranks wrote before.  When its window has passed, the units blocking it
+  go out first, as they are, so no line waits much longer than ``window``.
+* Partial lines (no newline yet) and their rest are shown as themselves, in order.
+* Progress-bar states (``\\r`` redraws) are not lined up: each rank's latest state of a bar
+  is kept, and the bar's ranks are shown together at most once per window, drawn as the least
+  advanced rank's bar (``_spread``).  A bar's final line is a line like any other.
+
+A slot of one rank prints as that rank's own lines.  A line slot shows its template with each
+field's values over the slot's ranks (``_spread``: exact, never sampled, never a value no rank
+printed); a block slot holds one exact text, shown once with its ranks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, Final
+
+import attrs
+
+from ._aggregate import check_window, fold_ranks
+from ._blocks import BLOCK_IDLE, BlockAssembler, Unit
+from ._records import GroupLine, LogLines, Notice, Output, Stream
+from ._shapes import TO_ZERO, ShapeCache, Template, strip_ansi
+from ._spread import FieldValues
+
+__all__ = ["CALM_LINES", "FLOOD_LINES", "Aligner"]
+
+FLOOD_LINES: Final = 20_000
+"""Lines a second (all ranks) past which lines are shown as they are instead of folded."""
+CALM_LINES: Final = 5_000
+"""Lines a second below which folding resumes."""
+
+
+@attrs.define(eq=False, slots=True)
+class _Unit:
+    rank: int
+    lines: list[str]  # as written
+    clean: list[str]  # without escapes
+    time: float
+    hostname: str
+    pid: int
+    partial: bool = False
+    progress: bool = False
+    item: Output | None = None  # shown as it is (a notice about the rank)
+
+
+@attrs.define(eq=False, slots=True)
+class _Slot:
+    serial: int
+    stream: Stream
+    key: Any  # (stream, Template) for a line, (stream, text) for a block, None: shown as is
+    deadline: float
+    expected: frozenset[int]
+    units: dict[int, _Unit] = attrs.field(factory=dict)
+    forced: bool = False
+    closed: bool = False
+
+
+@attrs.define(eq=False, slots=True)
+class _Board:
+    """The latest progress-bar state of each rank, for one bar template."""
+
+    stream: Stream
+    template: Template
+    states: dict[int, _Unit] = attrs.field(factory=dict)
+    due: float | None = None  # when the board is next shown (None: nothing new)
+
+
+class Aligner:
+    """Folds lines across ranks; see the module docstring.  Not thread-safe."""
+
+    def __init__(self, window: float, ranks: Iterable[int]) -> None:
+        """Fold over ``window`` seconds (> 0, else :exc:`ValueError`) for the view's ``ranks``."""
+        self._window = check_window(window)
+        self._live = set(ranks)
+        self._serial = 0
+        self._fifo: dict[int, deque[_Slot]] = {}
+        self._open: dict[Any, list[_Slot]] = {}
+        self._expect: dict[Any, set[int]] = {}
+        self._heap: list[tuple[float, int, _Slot]] = []
+        self._blocks: dict[tuple[int, Stream], BlockAssembler] = {}
+        self._open_blocks: dict[tuple[int, Stream], BlockAssembler] = {}
+        self._boards: dict[tuple[Stream, Template], _Board] = {}
+        self._continued: set[tuple[int, Stream]] = set()
+        self._shapes = ShapeCache()
+        self._origin: dict[int, tuple[str, int]] = {}
+        self._dirty: set[_Slot] = set()
+        # The flood valve: lines counted since ``_since``; while ``_flooding``, every chunk is
+        # shown as it is.
+        self._since = 0.0
+        self._counted = 0
+        self._flooding = False
+
+    @property
+    def window(self) -> float:
+        """The window length in seconds."""
+        return self._window
+
+    # -- the clock -----------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """When :meth:`expire` next has something to do; ``None`` when nothing waits."""
+        times = [t for t in (self._heap_top(), *(b.due for b in self._boards.values()))
+                 if t is not None]
+        times.extend(b.last + BLOCK_IDLE for b in self._open_blocks.values())
+        return min(times) if times else None
+
+    def _heap_top(self) -> float | None:
+        heap = self._heap
+        while heap and heap[0][2].closed:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def expire(self, now: float) -> list[Output]:
+        """What is due at ``now``: blocks idle long enough, slots whose window passed, bars."""
+        out: list[Output] = []
+        for key, asm in list(self._open_blocks.items()):
+            if asm.last + BLOCK_IDLE <= now:
+                self._close_block(key, now, out)
+        heap = self._heap
+        while heap and (heap[0][2].closed or heap[0][0] <= now):
+            slot = heapq.heappop(heap)[2]
+            if not slot.closed:
+                if slot.key is not None:  # who printed in time is who prints this kind
+                    self._expect[slot.key] = set(slot.units)
+                self._force(slot)
+        self._pump(out)
+        for board in self._boards.values():
+            if board.due is not None and board.due <= now:
+                self._show_board(board, out)
+        return out
+
+    def set_window(self, window: float, now: float) -> list[Output]:
+        """Change the window (> 0, else :exc:`ValueError`); open slots keep their deadlines."""
+        self._window = check_window(window)
+        return self.expire(now)
+
+    def drain(self, now: float) -> list[Output]:
+        """Everything held, now (a flush, the end, folding turned off)."""
+        out: list[Output] = []
+        for key in list(self._open_blocks):
+            self._close_block(key, now, out)
+        for slots in self._fifo.values():
+            for slot in slots:
+                slot.forced = True
+        self._pump(out, all_ranks=True)
+        for board in self._boards.values():
+            if board.due is not None:
+                self._show_board(board, out)
+        return out
+
+    def rank_ended(self, rank: int, now: float, notices: Iterable[Output] = ()) -> list[Output]:
+        """``rank`` exited: no slot waits for it any more, and ``notices`` (its exit) come
+        right after its last lines."""
+        out: list[Output] = []
+        for stream in ("stdout", "stderr"):
+            self._close_block((rank, stream), now, out)
+        self._live.discard(rank)
+        for item in notices:
+            u = _Unit(rank, [], [], now, "", 0, item=item)
+            self._join(None, item.stream, u, now)
+        self._pump(out, all_ranks=True)
+        for board in self._boards.values():
+            if board.states.pop(rank, None) is not None and board.due is None:
+                board.due = now
+        return out
+
+    # -- lines ---------------------------------------------------------------------------
+    def add(self, batch: LogLines, now: float) -> list[Output]:
+        """Feed one chunk of one rank and stream; return what can be shown now."""
+        out: list[Output] = []
+        if self._flood(batch.line_count, now, out):
+            out.append(batch)
+            return out
+        rank, stream = batch.rank, batch.stream
+        key = (rank, stream)
+        other = (rank, "stdout" if stream == "stderr" else "stderr")
+        if other in self._open_blocks:  # the rank's order across its streams
+            self._close_block(other, now, out)
+        lines = list(batch.lines)
+        units: list[Unit] = []
+        if batch.progress:
+            self._progress(batch, now)
+            return self._pumped(out)
+        if key in self._continued:  # the rest of a partial line shown before
+            self._close_block(key, now, out)
+            first = lines.pop(0)
+            still = batch.partial and not lines
+            self._place_solo(batch, [first], still, now)
+            if not still:
+                self._continued.discard(key)
+        tail: list[str] = []
+        if batch.partial and lines:
+            tail = [lines.pop()]
+            self._continued.add(key)
+        if lines:
+            asm = self._blocks.get(key)
+            if asm is None:
+                asm = self._blocks[key] = BlockAssembler()
+            for line in lines:
+                asm.feed(line, strip_ansi(line), now, units)
+            if asm.open:
+                self._open_blocks[key] = asm
+            else:
+                self._open_blocks.pop(key, None)
+            for unit in units:
+                self._place(batch, unit, now)
+        if tail:
+            self._close_block(key, now, out)
+            self._place_solo(batch, tail, True, now)
+        return self._pumped(out)
+
+    def _flood(self, lines: int, now: float, out: list[Output]) -> bool:
+        """Count ``lines``; whether they come too fast to fold (then they are shown as they
+        are, after everything held, with a notice; folding resumes once the rate fell)."""
+        elapsed = now - self._since
+        if elapsed >= 1.0:
+            if self._flooding and self._counted < CALM_LINES * elapsed:
+                self._flooding = False
+                out.append(Notice("stderr", "output calmer: folding lines again", None,
+                                  time.time()))
+            self._since, self._counted = now, 0
+        self._counted += lines
+        if not self._flooding and self._counted > FLOOD_LINES:
+            self._flooding = True
+            out.extend(self.drain(now))
+            out.append(Notice("stderr", f"more than {FLOOD_LINES:,} lines a second: every line "
+                                        "is shown as it is, unfolded, until output calms down",
+                              None, time.time()))
+        return self._flooding
+
+    def _pumped(self, out: list[Output]) -> list[Output]:
+        self._pump(out)
+        return out
+
+    def _close_block(self, key: tuple[int, Stream], now: float, out: list[Output]) -> None:
+        asm = self._open_blocks.pop(key, None)
+        if asm is None:
+            return
+        units: list[Unit] = []
+        asm.close(units)
+        rank, stream = key
+        for lines, clean, is_block in units:
+            self._enter(rank, stream, lines, clean, is_block, asm.last, "", 0, now)
+
+    def _place(self, batch: LogLines, unit: Unit, now: float) -> None:
+        lines, clean, is_block = unit
+        self._enter(batch.rank, batch.stream, lines, clean, is_block, batch.time,
+                    batch.hostname, batch.pid, now)
+
+    def _place_solo(self, batch: LogLines, lines: list[str], partial: bool, now: float) -> None:
+        u = _Unit(batch.rank, lines, lines, batch.time, batch.hostname, batch.pid, partial)
+        self._join(None, batch.stream, u, now)
+
+    def _enter(self, rank: int, stream: Stream, lines: list[str], clean: list[str],
+               is_block: bool, t: float, hostname: str, pid: int, now: float) -> None:
+        if not hostname:  # a block closed by the clock: the rank's last known origin
+            hostname, pid = self._origin.get(rank, ("", 0))
+        else:
+            self._origin[rank] = (hostname, pid)
+        u = _Unit(rank, lines, clean, t, hostname, pid)
+        if is_block:
+            key: Any = (stream, "\n".join(clean))
+        else:
+            info = self._shapes.shape(clean[0].translate(TO_ZERO), "\n")
+            key = (stream, info.template)
+            board = self._boards.get(key)
+            if board is not None and board.states.pop(rank, None) is not None:
+                board.due = board.due if board.due is not None else now
+        self._join(key, stream, u, now)
+
+    def _join(self, key: Any, stream: Stream, u: _Unit, now: float) -> None:
+        rank = u.rank
+        slot = None
+        if key is not None:
+            slots = self._open.get(key)
+            if slots is None:
+                slots = self._open[key] = []
+            for s in slots:
+                if rank not in s.units and not s.forced:
+                    slot = s
+                    break
+            expect = self._expect.get(key)
+            if expect is None:
+                expect = self._expect[key] = set(self._live)
+            expect.add(rank)
+            if slot is None:
+                self._serial += 1
+                slot = _Slot(self._serial, stream, key, now + self._window, frozenset(expect))
+                slots.append(slot)
+                heapq.heappush(self._heap, (slot.deadline, slot.serial, slot))
+        else:
+            self._serial += 1
+            slot = _Slot(self._serial, stream, None, now, frozenset((rank,)))
+        slot.units[rank] = u
+        fifo = self._fifo.get(rank)
+        if fifo is None:
+            fifo = self._fifo[rank] = deque()
+        fifo.append(slot)
+        self._dirty.add(slot)
+
+    # -- showing -------------------------------------------------------------------------
+    def _ready(self, slot: _Slot) -> bool:
+        if slot.forced or slot.key is None:
+            return True
+        units = slot.units
+        return all(r in units for r in slot.expected if r in self._live)
+
+    def _force(self, slot: _Slot) -> None:
+        """Show ``slot`` (its window passed) and, first, every unit its ranks wrote before."""
+        stack = [slot]
+        while stack:
+            s = stack.pop()
+            if s.forced:
+                continue
+            s.forced = True
+            self._dirty.add(s)
+            for r in s.units:
+                for before in self._fifo[r]:
+                    if before is s:
+                        break
+                    if not before.forced:
+                        stack.append(before)
+
+    def _pump(self, out: list[Output], all_ranks: bool = False) -> None:
+        """Show every slot that is ready and first in line for all its ranks, oldest first."""
+        fifo = self._fifo
+        ranks = set(fifo) if all_ranks else set()
+        for s in self._dirty:
+            ranks.update(s.units)
+        self._dirty.clear()
+        work = [(q[0].serial, r) for r in ranks if (q := fifo.get(r))]
+        heapq.heapify(work)
+        while work:
+            serial, r = heapq.heappop(work)
+            q = fifo[r]
+            if not q or q[0].serial != serial:
+                continue  # stale
+            slot = q[0]
+            if not self._ready(slot):
+                continue
+            first = [rr for rr in slot.units if fifo[rr][0] is slot]
+            if len(first) == len(slot.units):
+                shown = slot.units
+                slot.closed = True
+                if slot.key is not None:
+                    self._open[slot.key].remove(slot)
+            elif slot.forced:  # what is first in line goes; the rest follows its own order
+                shown = {rr: slot.units.pop(rr) for rr in first}
+            else:
+                continue
+            for rr in shown:
+                q = fifo[rr]
+                q.popleft()
+                if q:
+                    heapq.heappush(work, (q[0].serial, rr))
+            self._render(slot, shown, out)
+
+    def _render(self, slot: _Slot, units: dict[int, _Unit], out: list[Output]) -> None:
+        if len(units) == 1:
+            (u,) = units.values()
+            if u.item is not None:
+                out.append(u.item)
+                return
+            data = "\n".join(u.lines).encode("utf-8", "surrogateescape")
+            out.append(LogLines(u.rank, slot.stream, data, u.hostname, u.pid, u.time, u.partial,
+                                u.progress))
+            return
+        ranks = tuple(sorted(units))
+        us = [units[r] for r in ranks]
+        times = [u.time for u in us]
+        first = us[0]
+        if isinstance(slot.key[1], str):  # a block: one exact text
+            text = "\n".join(first.clean)
+        elif all(u.clean[0] == first.clean[0] for u in us):
+            text = first.clean[0]
+        else:
+            text = _fold_line(slot.key[1], self._shapes, us)
+        out.append(GroupLine(slot.stream, text, len(us), ranks, fold_ranks(ranks),
+                             min(times), max(times)))
+
+    # -- progress bars -------------------------------------------------------------------
+    def _progress(self, batch: LogLines, now: float) -> None:
+        line = batch.lines[-1]
+        clean = strip_ansi(line)
+        info = self._shapes.shape(clean.translate(TO_ZERO), "\n")
+        key = (batch.stream, info.template)
+        board = self._boards.get(key)
+        if board is None:
+            board = self._boards[key] = _Board(batch.stream, info.template)
+        board.states[batch.rank] = _Unit(batch.rank, [line], [clean], batch.time,
+                                         batch.hostname, batch.pid, False, True)
+        if board.due is None:
+            board.due = now + min(self._window, 1.0)
+
+    def _show_board(self, board: _Board, out: list[Output]) -> None:
+        board.due = None
+        states = board.states
+        if not states:
+            return
+        if len(states) == 1:
+            (u,) = states.values()
+            out.append(LogLines(u.rank, board.stream, u.lines[0].encode("utf-8", "surrogateescape"),
+                                u.hostname, u.pid, u.time, False, True))
+            return
+        ranks = tuple(sorted(states))
+        us = [states[r] for r in ranks]
+        text = _fold_line(board.template, self._shapes, us)
+        times = [u.time for u in us]
+        out.append(GroupLine(board.stream, text, len(us), ranks, fold_ranks(ranks),
+                             min(times), max(times)))
+
+
+def _fold_line(template: Template, shapes: ShapeCache, units: list[_Unit]) -> str:
+    """The template with each field shown over the units' lines (``_spread``)."""
+    fields = [FieldValues(kind) for kind in template.types]
+    for u in units:
+        line = u.clean[0]
+        spans = shapes.shape(line.translate(TO_ZERO), "\n").spans
+        for fv, (start, end) in zip(fields, spans, strict=True):
+            fv.add(line[start:end], u.rank)
+    parts = template.parts
+    pieces = [parts[0]]
+    for fv, part in zip(fields, parts[1:], strict=True):
+        pieces.append(fv.render())
+        pieces.append(part)
+    return "".join(pieces)
+
