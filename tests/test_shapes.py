@@ -20,6 +20,7 @@ from trio_logmesh.view._shapes import ANSI, TO_ZERO, ShapeCache, lift, parse, te
         ("step 5/100, loss=0.41;", "step <num>/<num>, loss=<num>;"),
         ("epoch 3: loss -0.25.", "epoch <num>: loss <num>."),
         ("100% done", "<num>% done"),
+        ("mem 32768MiB at 9.91it/s in 120ms", "mem <num>MiB at <num>it/s in <num>ms"),
         # Words holding a digit are tokens, kept whole: never a range inside them.
         ("rank3 cuda:0 conv2d", "<tok> <tok> <tok>"),
         ("torch version 2.10.2+cu121", "torch version <tok>"),

@@ -13,9 +13,11 @@ different values.  So the engine lines the ranks' output up, line by line:
   the k-th occurrence of a kind in one rank goes with the k-th in the others.
 * A slot is shown once every rank expected to print its kind has (``[ranks 0-63] step 5
   loss 0.41..0.43``), or when ``window`` seconds have passed since it opened, with the ranks
-  it has.  A kind that timed out expects, from then on, the ranks that printed it in time (a
-  line only rank 0 prints waits once, not every time); a rank printing it again is expected
-  again.  Ranks that have exited are not waited for.
+  it has.  A rank is not waited for where it has shown it will not print the line: it
+  printed, without it, a line that comes after it (rank 0's "saving checkpoint" does not
+  wait for ranks already at the next step), or it has exited.  A kind that timed out
+  expects, from then on, the ranks that printed it in time; a rank printing it again is
+  expected again.
 * Each rank's units come out in the order the rank wrote them (both streams): a slot waits
   for every unit its ranks wrote before.  When its window has passed, the units blocking it
   go out first, as they are, so no line waits much longer than ``window``.
@@ -64,6 +66,7 @@ class _Unit:
     partial: bool = False
     progress: bool = False
     item: Output | None = None  # shown as it is (a notice about the rank)
+    spans: Any = None  # where a line's fields are
 
 
 @attrs.define(eq=False, slots=True)
@@ -72,10 +75,35 @@ class _Slot:
     stream: Stream
     key: Any  # (stream, Template) for a line, (stream, text) for a block, None: shown as is
     deadline: float
-    expected: frozenset[int]
+    pos: int = 0  # where it stands among its kind's slots
+    #: Expected ranks (still running) that have no unit in it yet.
+    waiting: set[int] = attrs.field(factory=set)
     units: dict[int, _Unit] = attrs.field(factory=dict)
     forced: bool = False
     closed: bool = False
+
+
+@attrs.define(eq=False, slots=True)
+class _Kind:
+    """The slots of one kind, oldest first, and where each rank looks for its next one."""
+
+    expect: set[int]
+    slots: list[_Slot] = attrs.field(factory=list)
+    base: int = 0  # the position of slots[0]
+    first: int = 0  # index of the first slot not yet shown
+    cursor: dict[int, int] = attrs.field(factory=dict)  # rank -> position to look from
+
+    def trim(self) -> None:
+        """Forget the shown slots at the front."""
+        slots = self.slots
+        first = self.first
+        while first < len(slots) and slots[first].closed:
+            first += 1
+        if first > 64 and first * 2 > len(slots):
+            del slots[:first]
+            self.base += first
+            first = 0
+        self.first = first
 
 
 @attrs.define(eq=False, slots=True)
@@ -97,8 +125,7 @@ class Aligner:
         self._live = set(ranks)
         self._serial = 0
         self._fifo: dict[int, deque[_Slot]] = {}
-        self._open: dict[Any, list[_Slot]] = {}
-        self._expect: dict[Any, set[int]] = {}
+        self._kinds: dict[Any, _Kind] = {}
         self._heap: list[tuple[float, int, _Slot]] = []
         self._blocks: dict[tuple[int, Stream], BlockAssembler] = {}
         self._open_blocks: dict[tuple[int, Stream], BlockAssembler] = {}
@@ -143,7 +170,7 @@ class Aligner:
             slot = heapq.heappop(heap)[2]
             if not slot.closed:
                 if slot.key is not None:  # who printed in time is who prints this kind
-                    self._expect[slot.key] = set(slot.units)
+                    self._kinds[slot.key].expect = set(slot.units)
                 self._force(slot)
         self._pump(out)
         for board in self._boards.values():
@@ -177,6 +204,9 @@ class Aligner:
         for stream in ("stdout", "stderr"):
             self._close_block((rank, stream), now, out)
         self._live.discard(rank)
+        for kind in self._kinds.values():
+            for slot in kind.slots[kind.first:]:
+                slot.waiting.discard(rank)
         for item in notices:
             u = _Unit(rank, [], [], now, "", 0, item=item)
             self._join(None, item.stream, u, now)
@@ -284,6 +314,7 @@ class Aligner:
             key: Any = (stream, "\n".join(clean))
         else:
             info = self._shapes.shape(clean[0].translate(TO_ZERO), "\n")
+            u.spans = info.spans
             key = (stream, info.template)
             board = self._boards.get(key)
             if board is not None and board.states.pop(rank, None) is not None:
@@ -294,38 +325,60 @@ class Aligner:
         rank = u.rank
         slot = None
         if key is not None:
-            slots = self._open.get(key)
-            if slots is None:
-                slots = self._open[key] = []
-            for s in slots:
-                if rank not in s.units and not s.forced:
+            kind = self._kinds.get(key)
+            if kind is None:
+                kind = self._kinds[key] = _Kind(set(self._live))
+            kind.expect.add(rank)
+            slots = kind.slots
+            # The oldest open slot without a unit of this rank: at or after the rank's cursor
+            # (the rank joined slots in order; the ones before that it did not join were
+            # shown or forced already).
+            j = max(kind.cursor.get(rank, 0) - kind.base, kind.first)
+            n = len(slots)
+            while j < n:
+                s = slots[j]
+                if not s.closed and not s.forced and rank not in s.units:
                     slot = s
                     break
-            expect = self._expect.get(key)
-            if expect is None:
-                expect = self._expect[key] = set(self._live)
-            expect.add(rank)
+                j += 1
             if slot is None:
                 self._serial += 1
-                slot = _Slot(self._serial, stream, key, now + self._window, frozenset(expect))
+                slot = _Slot(self._serial, stream, key, now + self._window, kind.base + n,
+                             kind.expect & self._live)
                 slots.append(slot)
                 heapq.heappush(self._heap, (slot.deadline, slot.serial, slot))
+            kind.cursor[rank] = slot.pos + 1
         else:
             self._serial += 1
-            slot = _Slot(self._serial, stream, None, now, frozenset((rank,)))
+            slot = _Slot(self._serial, stream, None, now)
         slot.units[rank] = u
         fifo = self._fifo.get(rank)
         if fifo is None:
             fifo = self._fifo[rank] = deque()
         fifo.append(slot)
         self._dirty.add(slot)
+        if rank in slot.waiting:
+            slot.waiting.discard(rank)
+            if not slot.waiting:
+                self._passed(slot)
+
+    def _passed(self, slot: _Slot) -> None:
+        """``slot`` is complete: its ranks printed its line without a line a member wrote
+        before it, so they are not waited for there (a line only some ranks print, such as
+        rank 0's "saving checkpoint", does not hold the others' lines back)."""
+        members = slot.units.keys()
+        for q in list(members):
+            for before in self._fifo[q]:
+                if before is slot:
+                    break
+                waiting = before.waiting
+                if waiting and not waiting.isdisjoint(members):
+                    waiting.difference_update(members)
+                    self._dirty.add(before)
 
     # -- showing -------------------------------------------------------------------------
     def _ready(self, slot: _Slot) -> bool:
-        if slot.forced or slot.key is None:
-            return True
-        units = slot.units
-        return all(r in units for r in slot.expected if r in self._live)
+        return slot.forced or slot.key is None or not slot.waiting
 
     def _force(self, slot: _Slot) -> None:
         """Show ``slot`` (its window passed) and, first, every unit its ranks wrote before."""
@@ -365,7 +418,7 @@ class Aligner:
                 shown = slot.units
                 slot.closed = True
                 if slot.key is not None:
-                    self._open[slot.key].remove(slot)
+                    self._kinds[slot.key].trim()
             elif slot.forced:  # what is first in line goes; the rest follows its own order
                 shown = {rr: slot.units.pop(rr) for rr in first}
             else:
@@ -410,7 +463,8 @@ class Aligner:
         if board is None:
             board = self._boards[key] = _Board(batch.stream, info.template)
         board.states[batch.rank] = _Unit(batch.rank, [line], [clean], batch.time,
-                                         batch.hostname, batch.pid, False, True)
+                                         batch.hostname, batch.pid, False, True,
+                                         spans=info.spans)
         if board.due is None:
             board.due = now + min(self._window, 1.0)
 
@@ -434,16 +488,18 @@ class Aligner:
 
 def _fold_line(template: Template, shapes: ShapeCache, units: list[_Unit]) -> str:
     """The template with each field shown over the units' lines (``_spread``)."""
-    fields = [FieldValues(kind) for kind in template.types]
+    columns: list[list[str]] = [[] for _ in template.types]
     for u in units:
         line = u.clean[0]
-        spans = shapes.shape(line.translate(TO_ZERO), "\n").spans
-        for fv, (start, end) in zip(fields, spans, strict=True):
-            fv.add(line[start:end], u.rank)
+        spans = u.spans or shapes.shape(line.translate(TO_ZERO), "\n").spans
+        for column, (start, end) in zip(columns, spans, strict=True):
+            column.append(line[start:end])
+    ranks = [u.rank for u in units]
     parts = template.parts
     pieces = [parts[0]]
-    for fv, part in zip(fields, parts[1:], strict=True):
+    for kind, column, part in zip(template.types, columns, parts[1:], strict=True):
+        fv = FieldValues(kind)
+        fv.add_each(column, ranks)
         pieces.append(fv.render())
         pieces.append(part)
     return "".join(pieces)
-

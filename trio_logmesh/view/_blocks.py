@@ -5,9 +5,10 @@ One :class:`BlockAssembler` per rank and stream turns that stream's lines, in or
 *units*: a single line, or a block of lines.  Blocks:
 
 * a Python traceback: ``Traceback (most recent call last):``, its indented frame lines, the
-  exception line, indented lines after it (exception groups, notes), and chained tracebacks
-  (a blank line, ``During handling of the above exception, ...`` or ``The above exception
-  was the direct cause ...``, a blank line, the next traceback);
+  exception line, indented lines after it (notes), and chained tracebacks (a blank line,
+  ``During handling of the above exception, ...`` or ``The above exception was the direct
+  cause ...``, a blank line, the next traceback); an exception group's traceback
+  (``  + Exception Group Traceback ...`` and the indented lines after it);
 * a warning (``path:line: SomeWarning: message``) with the indented source line after it;
 * a log record (a line naming a level: ``INFO``, ``WARNING``, ..., or glog's ``I1123 ...``)
   followed by indented continuation lines or a traceback (``logger.exception``).
@@ -27,14 +28,15 @@ BLOCK_IDLE: Final = 0.5
 """Seconds an open block waits for its next line before it is complete."""
 
 TRACEBACK: Final = "Traceback (most recent call last):"
+_GROUP_TRACEBACK: Final = re.compile(r"\s*\+ Exception Group Traceback \(most recent call last\):$")
 _CHAINED: Final = frozenset({
     "During handling of the above exception, another exception occurred:",
     "The above exception was the direct cause of the following exception:",
 })
 _WARNING: Final = re.compile(r"\S.*:\d+: \w*Warning: ")
-_LOG_HEAD: Final = re.compile(
-    r"[IWEF]\d{4} \d\d:\d\d:\d\d|.{0,48}?\b(?:CRITICAL|FATAL|ERROR|WARNING|WARN|INFO|DEBUG)\b"
-)
+_GLOG: Final = re.compile(r"[IWEF]\d{4} \d\d:\d\d:\d\d")
+_LEVEL: Final = re.compile(r"\b(?:CRITICAL|FATAL|ERROR|WARNING|WARN|INFO|DEBUG)\b")
+_LEVEL_WITHIN: Final = 60  # a level named this far into the line makes it a log record
 
 Unit = tuple[list[str], list[str], bool]
 """A unit: its lines as written, the same lines without escapes, and whether it is a block."""
@@ -86,9 +88,11 @@ class BlockAssembler:
     def _start(self, line: str, clean: str, out: list[Unit]) -> None:
         if clean == TRACEBACK:
             self.kind, self.state = "tb", "frames"
-        elif _WARNING.match(clean):
+        elif clean[:1] == " " and _GROUP_TRACEBACK.match(clean):
+            self.kind = "group"  # an exception group's traceback: all of it is indented
+        elif "Warning: " in clean and _WARNING.match(clean):
             self.kind = "warn"
-        elif _LOG_HEAD.match(clean):
+        elif _LEVEL.search(clean, 0, _LEVEL_WITHIN) or (clean[:1] in "IWEF" and _GLOG.match(clean)):
             self.kind = "log"
         else:
             out.append(([line], [clean], False))

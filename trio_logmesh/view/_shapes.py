@@ -23,7 +23,8 @@ field      what matches                                                    examp
 
 A *word* is a run of letters, digits and ``_ . : @ + ~ , -`` (so ``/``, ``=``, ``%``,
 brackets, quotes and spaces end it; a word's trailing ``. , : -`` is punctuation, not part of
-it).  A word with a digit is a ``num`` when it is a plain number, else a ``tok``.  So
+it).  A word with a digit is a ``num`` when it is a plain number (or a number followed by a unit
+made of letters: ``32GB``, ``9.9it``, whose unit stays literal text), else a ``tok``.  So
 ``step 5/100`` has two numbers, ``loss=0.41,`` one, and ``torch 2.10.2`` or
 ``CUDA_VISIBLE_DEVICES=2,3`` one token each: a range is only ever drawn between plain numbers.
 Every digit belongs to a field, so a template's literal text never holds a digit.
@@ -67,6 +68,8 @@ MASK: Final = re.compile(
     re.VERBOSE | re.ASCII,
 )
 _NUMBER: Final = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", re.ASCII)
+# 12GB, 9.9it (not 0x1f: a hex number is a token)
+_WITH_UNIT: Final = re.compile(r"(?!0[xX])-?\d+(?:\.\d+)?(?=[A-Za-z]+$)", re.ASCII)
 _TRAILING: Final = ".,:-"
 TO_ZERO: Final = str.maketrans("123456789", "000000000")
 TO_ZERO_B: Final = bytes.maketrans(b"123456789", b"000000000")
@@ -110,7 +113,14 @@ def parse(shape: str) -> tuple[Template, Spans]:
         if kind == "word":
             while shape[end - 1] in _TRAILING:
                 end -= 1
-            kind = "num" if _NUMBER.fullmatch(shape, start, end) else "tok"
+            if _NUMBER.fullmatch(shape, start, end):
+                kind = "num"
+            else:
+                unit = _WITH_UNIT.match(shape, start, end)
+                if unit is not None:  # a number with its unit: the unit is literal text
+                    kind, end = "num", unit.end()
+                else:
+                    kind = "tok"
         parts.append(shape[pos:start])
         types.append(kind)
         spans.append((start, end))

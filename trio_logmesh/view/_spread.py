@@ -86,6 +86,35 @@ class FieldValues:
             if not self.lo_s or _bar_percent(least) < _bar_percent(self.lo_s):
                 self.lo_s = least
 
+    def add_each(self, values: Sequence[str], ranks: Sequence[int]) -> None:
+        """One value per line: ``values[i]`` held by a line of rank ``ranks[i]``."""
+        first = values[0]
+        if values.count(first) == len(values):  # the common case: one value for all
+            self.add_run([first], ranks[0])
+            if len(values) > 1:
+                self.count += len(values) - 1
+                self.ranks.update(ranks)
+                if len(set(ranks)) > 1:
+                    self.rank_is_value = False  # one value cannot be several ranks
+            return
+        if self.kind != "num":
+            for value, rank in zip(values, ranks, strict=True):
+                self.add_run([value], rank)
+            return
+        if self.first is None:
+            self.first = first
+        self.same = False
+        self.count += len(values)
+        self.ranks.update(ranks)
+        if self.rank_is_value and list(values) != [str(r) for r in ranks]:
+            self.rank_is_value = False
+        floats = list(map(float, values))
+        lo, hi = min(floats), max(floats)
+        if not self.lo_s or lo < self.lo:
+            self.lo, self.lo_s = lo, values[floats.index(lo)]
+        if not self.hi_s or hi > self.hi:
+            self.hi, self.hi_s = hi, values[floats.index(hi)]
+
     def _numbers(self, values: Sequence[str], rank: int) -> None:
         if self.rank_is_value and (values[0] != str(rank) or values.count(values[0]) != len(values)):
             self.rank_is_value = False
