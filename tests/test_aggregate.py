@@ -12,13 +12,12 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_logmesh.bench._peers import levenshtein
 from trio_logmesh.view._aggregate import MAX_KINDS, Aggregator, fold_ranks
 from trio_logmesh.view._records import GroupLine, LogLines, Output, Stream, format_output
 from trio_logmesh.view._shapes import ANSI as _ANSI
 from trio_logmesh.view._shapes import parse as _parse
 from trio_logmesh.view._shapes import template_of
-
-from .levenshtein import levenshtein
 
 
 def batch(

@@ -206,6 +206,24 @@ def test_a_flood_is_shown_unfolded_until_it_calms_down() -> None:
     assert any(isinstance(o, Notice) and "folding lines again" in o.text for o in out)
 
 
+def test_many_small_chunks_fast_are_a_flood_too() -> None:
+    agg = Aligner(3.0, range(2))
+    out: list[Output] = []
+    fed: list[list[str]] = [[], []]
+    now = 0.0
+    for i in range(FLOOD_LINES // 10 + 1):  # 10-line chunks, 20x faster than FLOOD_LINES/s
+        now += 10 / (20 * FLOOD_LINES)
+        lines = [f"x {i} {j}" for j in range(10)]
+        fed[i % 2] += lines
+        out += agg.add(batch(i % 2, *lines), now)
+        if any(isinstance(o, Notice) for o in out):
+            break
+    assert any(isinstance(o, Notice) and "unfolded" in o.text for o in out)
+    assert now <= 0.26  # judged within a quarter of a second
+    stats = check(out + agg.drain(now), fed)  # what was folded before it, and all after
+    assert not stats.violations and stats.lines == sum(map(len, fed))
+
+
 async def test_windows_on_trio_mock_clock(autojump_clock: trio.testing.MockClock) -> None:
     agg = Aligner(3.0, range(2))
     printed: list[tuple[float, str]] = []

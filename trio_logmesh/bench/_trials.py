@@ -190,7 +190,7 @@ def _count_output(path: str) -> int:
     count (``[120x ranks 0-3]``) or for one line of each of its ranks (``[ranks 0-3]``)."""
     with open(path, "rb") as fh:
         data = fh.read()
-    total = data.count(b"\n")
+    total = data.count(b"\n") - len(re.findall(rb"(?m)^\[logmesh\] ", data))  # our notices
     if b"ranks " not in data:
         return total
     for count, ranks in re.findall(rb"(?m)^\[(?:(\d+)x )?ranks ([\d,-]+)\] ", data):

@@ -39,10 +39,6 @@ Two kinds of lines are never held: the last line of a batch marked ``partial`` a
 line of the next batch of that rank and stream (the rest of that partial line).  Holding them
 would print a line's two halves apart; they are printed live and are not counted as a kind.
 
-``across_ranks_only=True`` never collapses a rank's own repeats: a group holds at most one line
-per rank per window.  A rank's second line of a kind in the window (including the rank whose
-line opened the kind) is printed live, as itself.
-
 Bounds
 ------
 Counts, ranks, time spans and every field's values are exact.  At most ``MAX_KINDS`` kinds are
@@ -96,7 +92,6 @@ class _Group:
 
     stream: Stream
     template: Template
-    live_rank: int  # rank of the line printed live when the kind appeared
     count: int = 0
     ranks: set[int] = attrs.field(factory=set)
     batch: LogLines | None = None  # the last batch that brought held lines
@@ -137,26 +132,6 @@ class _Group:
             run = clean[start : start + k]
             for fv, span in zip(fields, spans, strict=True):
                 fv.add_run(list(map(itemgetter(slice(*span)), run)), rank)
-
-    def hold(
-        self,
-        batch: LogLines,
-        clean: Sequence[str],
-        off: int,
-        a: int,
-        k: int,
-        reps: int,
-        period: int,
-        spans: Spans,
-    ) -> None:
-        """Count lines ``clean[a + t*period : a + t*period + k]`` for ``t < reps`` in.
-
-        ``clean`` holds lines ``off...`` of ``batch`` with escapes removed.
-        """
-        if self.batch is not batch:
-            self.enter(batch, off + a)
-        self.count += k * reps
-        self.take(clean, a, k, reps, period, spans, batch.rank)
 
     def summary(self) -> Output:
         """The output standing for the held lines (there is at least one)."""
@@ -224,10 +199,9 @@ class Aggregator:
     Not thread-safe; one task feeds it.  See the module docstring for the exact semantics.
     """
 
-    def __init__(self, window: float, *, across_ranks_only: bool = False) -> None:
+    def __init__(self, window: float) -> None:
         """Aggregate over windows of ``window`` seconds (> 0, else :exc:`ValueError`)."""
         self._window = check_window(window)
-        self._across = across_ranks_only
         self._open_time = 0.0
         self._deadline: float | None = None
         self._groups: dict[str, dict[Template, _Group]] = {"stdout": {}, "stderr": {}}
@@ -239,11 +213,6 @@ class Aggregator:
     def window(self) -> float:
         """The window length in seconds."""
         return self._window
-
-    @property
-    def across_ranks_only(self) -> bool:
-        """Whether a group holds at most one line per rank per window."""
-        return self._across
 
     # -- the window ------------------------------------------------------------------------
 
@@ -304,8 +273,8 @@ class Aggregator:
         """Feed one batch (many lines, one rank, one stream); return what to print at once.
 
         That is: the summaries of a window whose deadline ``now`` has reached, then the lines of
-        ``batch`` that are printed live (new kinds, partial-line pieces, and in
-        ``across_ranks_only`` mode a rank's repeats), as :class:`LogLines` keeping the batch's
+        ``batch`` that are printed live (new kinds, partial-line pieces), as :class:`LogLines`
+        keeping the batch's
         rank, hostname, pid, time and (for the piece holding its last line) ``partial``.  When
         every line is live, the result holds ``batch`` itself.
         """
@@ -396,7 +365,6 @@ class Aggregator:
         assert segments is not None
         groups = self._groups[batch.stream]
         rank = batch.rank
-        across = self._across
         for info, a, k, reps, period in segments:
             template = info.template
             g = groups.get(template)
@@ -406,7 +374,7 @@ class Aggregator:
                         (off + a + t * period, off + a + t * period + k) for t in range(reps)
                     )
                     continue
-                g = _Group(batch.stream, template, rank)
+                g = _Group(batch.stream, template)
                 groups[template] = g
                 self._order.append(g)
                 live.append((off + a, off + a + 1))
@@ -414,19 +382,8 @@ class Aggregator:
                 k -= 1
                 if not k:
                     continue
-            if not across:
-                # g.hold(), inlined: this runs once per segment of every batch.
-                if g.batch is not batch:
-                    g.enter(batch, off + a)
-                total = k * reps
-                g.count += total
-                g.take(clean, a, k, reps, period, info.spans, rank)
-                continue
-            held = rank != g.live_rank and rank not in g.ranks
-            if held:
-                g.hold(batch, clean, off, a, 1, 1, 0, info.spans)
-            for t in range(reps):
-                start = a + t * period + (held and not t)
-                if start < a + t * period + k:
-                    live.append((off + start, off + a + t * period + k))
+            if g.batch is not batch:
+                g.enter(batch, off + a)
+            g.count += k * reps
+            g.take(clean, a, k, reps, period, info.spans, rank)
         return clean

@@ -22,6 +22,9 @@ different values.  So the engine lines the ranks' output up, line by line:
   for every unit its ranks wrote before.  When its window has passed, the units blocking it
   go out first, as they are, so no line waits much longer than ``window``.
 * Partial lines (no newline yet) and their rest are shown as themselves, in order.
+* A flood -- more than ``FLOOD_LINES`` lines a second, or ``FLOOD_CHUNK`` lines in one
+  chunk -- is shown as it is, unfolded, with a notice, until it calms down (below
+  ``CALM_LINES`` a second): folding costs work per line, and nobody reads a flood anyway.
 * Progress-bar states (``\\r`` redraws) are not lined up: each rank's latest state of a bar
   is kept, and the bar's ranks are shown together at most once per window, drawn as the least
   advanced rank's bar (``_spread``).  A bar's final line is a line like any other.
@@ -47,10 +50,12 @@ from ._records import GroupLine, LogLines, Notice, Output, Stream
 from ._shapes import TO_ZERO, ShapeCache, Template, strip_ansi
 from ._spread import FieldValues
 
-__all__ = ["CALM_LINES", "FLOOD_LINES", "Aligner"]
+__all__ = ["CALM_LINES", "FLOOD_CHUNK", "FLOOD_LINES", "Aligner"]
 
 FLOOD_LINES: Final = 20_000
 """Lines a second (all ranks) past which lines are shown as they are instead of folded."""
+FLOOD_CHUNK: Final = 1_000
+"""Lines in one chunk of one rank that also count as a flood."""
 CALM_LINES: Final = 5_000
 """Lines a second below which folding resumes."""
 
@@ -270,9 +275,12 @@ class Aligner:
                 self._flooding = False
                 out.append(Notice("stderr", "output calmer: folding lines again", None,
                                   time.time()))
-            self._since, self._counted = now, 0
+            self._since, self._counted, elapsed = now, 0, 0.0
         self._counted += lines
-        if not self._flooding and self._counted > FLOOD_LINES:
+        # The rate so far this second (judged after a quarter of it at the earliest), or one
+        # chunk holding a thousand lines: a rank writing faster than the pipe is read.
+        if not self._flooding and (self._counted > FLOOD_LINES * max(elapsed, 0.25)
+                                   or lines >= FLOOD_CHUNK):
             self._flooding = True
             out.extend(self.drain(now))
             out.append(Notice("stderr", f"more than {FLOOD_LINES:,} lines a second: every line "
