@@ -1,6 +1,6 @@
 """A fake multi-rank training loop: logging, print, warnings, a progress bar, a failing rank.
 
-Run it under the mesh:  logmesh run -n 4 --window 2 -- python3 examples/train_sim.py
+Run it under the mesh:  logmesh run -n 4 --window 2 --level INFO -- python3 examples/train_sim.py
 Every rank prints much the same thing, which is what aggregation is for; the last rank
 fails at the end so you can see how a failure is reported.
 """

@@ -166,6 +166,48 @@ def test_a_stdout_line_before_a_block_on_stderr_keeps_its_place() -> None:
     assert [o.stream for o in out] == ["stdout", "stderr"]
 
 
+def test_stdout_and_stderr_arriving_in_either_order_still_line_up() -> None:
+    # A block-buffered stdout reaches the view after stderr's log records: rank 1's INFO
+    # record (stderr) arrives before its "step" lines (stdout).  That proves nothing about
+    # its stdout, so its "step 9" is still waited for, and neither line waits for the other.
+    agg = Aligner(2.0, range(2))
+    out: list[Output] = []
+    out += agg.add(batch(0, "step 9 loss 0.5", "step 10 loss 0.4"), 0.00)
+    out += agg.add(batch(0, "INFO checkpoint at step 10", stream="stderr"), 0.01)
+    out += agg.add(batch(1, "INFO checkpoint at step 10", stream="stderr"), 0.02)
+    out += agg.add(batch(1, "step 9 loss 0.6", "step 10 loss 0.3"), 0.03)
+    out += agg.expire(1.0)  # a log record may get continuation lines: 0.5 s; the window: 2 s
+    assert texts(out) == ["[ranks 0-1] step 9 loss 0.5..0.6",
+                          "[ranks 0-1] step 10 loss 0.3..0.4",
+                          "[ranks 0-1] INFO checkpoint at step 10"]
+
+
+def test_a_line_shown_without_a_rank_is_not_paired_with_its_next_line() -> None:
+    # A flush (or the window) showed step 15 with ranks 0-1 only; ranks 2-3's step 15 comes
+    # later: it goes with the other late ranks, and their step 16 with everyone's.
+    agg = Aligner(2.0, range(4))
+    out: list[Output] = []
+    for r in range(4):
+        out += agg.add(batch(r, "step 14 loss 0.9"), 0.0)
+    out += agg.add(batch(0, "step 15 loss 0.5"), 0.0) + agg.add(batch(1, "step 15 loss 0.6"), 0.0)
+    out += agg.drain(0.1)
+    out += agg.add(batch(0, "step 16 loss 0.4"), 0.2) + agg.add(batch(1, "step 16 loss 0.3"), 0.2)
+    for r in (2, 3):
+        out += agg.add(batch(r, f"step 15 loss 0.{r}", f"step 16 loss 0.{r + 5}"), 0.3)
+    assert texts(out) == ["[ranks 0-3] step 14 loss 0.9",
+                          "[ranks 0-1] step 15 loss 0.5..0.6",
+                          "[ranks 2-3] step 15 loss 0.2..0.3",
+                          "[ranks 0-3] step 16 loss 0.3..0.8"]
+    # A rank far behind (past the window) shows its own lines, never folded into later steps.
+    agg = Aligner(1.0, range(2))
+    out = agg.add(batch(0, "step 0 x 0"), 0.0) + agg.add(batch(1, "step 0 x 0"), 0.0)
+    out += agg.add(batch(0, "step 1 x 1", "step 2 x 2", "step 3 x 3"), 0.1)
+    out += agg.expire(1.5)
+    out += agg.add(batch(1, "step 1 x 9"), 1.6) + agg.expire(5.0)
+    assert texts(out) == ["[ranks 0-1] step 0 x 0", "[0] step 1 x 1", "[0] step 2 x 2",
+                          "[0] step 3 x 3", "[1] step 1 x 9"]
+
+
 def test_progress_states_fold_by_each_ranks_latest_state() -> None:
     agg = Aligner(2.0, range(3))
     bars = {0: " 50%|█████     | 50/100", 1: " 28%|██▊       | 28/100", 2: " 90%|█████████ | 90/100"}
@@ -175,8 +217,30 @@ def test_progress_states_fold_by_each_ranks_latest_state() -> None:
     assert out == []
     out = agg.expire(agg.next_deadline())  # type: ignore[arg-type]
     assert texts(out) == ["[ranks 0-2] epoch 0:  28%|██▊       | 28..90/100"]  # never fuller
-    # A rank's final line takes it off the board; the rest are shown again later.
-    assert agg.add(batch(2, "epoch 0: 100%|██████████| 100/100"), 2.0) == []
+    # A rank's final line takes it off the board.
+    assert agg.add(batch(2, "epoch 0: 100%|██████████| 100/100", stream="stderr"), 2.0) == []
+    out = agg.add(batch(0, "epoch 0:  60%|██████    | 60/100", stream="stderr", progress=True), 2.1)
+    out += agg.expire(agg.next_deadline())  # type: ignore[arg-type]
+    assert texts(out) == ["[ranks 0-1] epoch 0:  28%|██▊       | 28..60/100"]
+
+
+def test_a_bar_state_left_behind_is_not_shown() -> None:
+    # tqdm's first state has another shape ("?it/s"); once every rank moved on, that board
+    # holds nothing live and shows nothing.  A line that finishes a bar ends its state too.
+    agg = Aligner(2.0, range(2))
+    first = "epoch 0:   0%|          | 0/30 [00:00<?, ?it/s]"
+    out: list[Output] = []
+    for r in range(2):
+        out += agg.add(batch(r, first, stream="stderr", progress=True), 0.0)
+    for r in range(2):
+        out += agg.add(batch(r, "epoch 0:  10%|█         | 3/30 [00:00<00:01, 29.8it/s]",
+                             stream="stderr", progress=True), 0.3)
+    out += agg.add(batch(1, "epoch 0:  10%|█         | 3/30 [00:00<00:01, 29.8it/s]INFO ok",
+                         stream="stderr"), 0.4)
+    while (deadline := agg.next_deadline()) is not None:
+        out += agg.expire(deadline)
+    assert texts(out) == ["[0] epoch 0:  10%|█         | 3/30 [00:00<00:01, 29.8it/s]",
+                          "[1] epoch 0:  10%|█         | 3/30 [00:00<00:01, 29.8it/s]INFO ok"]
 
 
 def test_partial_lines_show_as_themselves_in_order() -> None:

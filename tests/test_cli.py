@@ -196,12 +196,15 @@ def test_ctrl_c_twice_kills_ranks_that_ignore_it(tmp_path):
 
 
 def test_quickstart_example_streams_aggregates_and_reports_the_failure(tmp_path):
-    res = run(["run", "-n", "4", "--window", "2", "--", sys.executable, "examples/train_sim.py"],
+    res = run(["run", "-n", "4", "--window", "2", "--level", "INFO", "--",
+               sys.executable, "examples/train_sim.py"],
               tmp_path, {"TRAIN_SIM_STEPS": "12", "TRAIN_SIM_DELAY": "0.01"})
     assert res.returncode == 1
     # One line per step, the ranks lined up, each step's own number, the loss over the ranks.
     steps = re.findall(r"^\[ranks 0-3\] step (\d+) loss \d\.\d+\.\.\d\.\d+ ", res.stdout, re.M)
     assert steps == [str(i) for i in range(12)], res.stdout
+    assert re.search(r"^\[ranks 0-3\] INFO train: rank \{rank\} of 4 starting \(pid \d+\.\.\d+\)$",
+                     res.stderr, re.M), res.stderr
     assert "[3] RuntimeError: rank 3: simulated failure after training" in res.stderr
     assert "[logmesh] rank 3 exited with code 1" in res.stderr
     assert "logmesh: 1 of 4 rank(s) failed: rank 3 (exit 1)" in res.stderr

@@ -209,6 +209,8 @@ async def test_window_without_streaming_is_a_value_error(run_mesh, log_dir):
         client.set_mode(stream_to_client=False, aggregate_window_sec=None)
         with pytest.raises(ValueError, match="stream_to_client"):
             await run.mesh.logging_option(stream_to_client=False, aggregate_window_sec=1)
+        with pytest.raises(ValueError, match="fold"):
+            client.set_mode(aggregate_window_sec=1, fold="similar")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="stream_to_client"):
             async with lm.open_logging_client(run.mesh, stream_to_client=False,
                                               aggregate_window_sec=1):
@@ -230,10 +232,24 @@ async def test_logging_option_one_liner_flushes_at_teardown(log_dir):
     async with lm.open_proc_mesh(
         [PY, "-c", child], procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False
     ) as mesh:
+        with pytest.raises(ValueError, match="fold"):
+            await mesh.logging_option(aggregate_window_sec=1, fold="similar")
         client = await mesh.logging_option(stream_to_client=True, sink=sink)
         assert isinstance(client, lm.LoggingMeshClient)
         await mesh.wait()
     assert Counter(sink.lines()) == Counter(["hi from 0", "hi from 1"])
+
+
+async def test_logging_option_folds_with_the_fold_asked_for(log_dir):
+    sink = Collected()
+    child = "import os; [print('tick', i, 'rank', os.environ['RANK']) for i in range(2)]"
+    async with lm.open_proc_mesh(
+        [PY, "-c", child], procs=2, env=CHILD_ENV, log_dir=log_dir, announce=False
+    ) as mesh:
+        await mesh.logging_option(aggregate_window_sec=30, sink=sink, fold="ranks")
+        await mesh.wait()
+    assert sorted(g.text for g in sink.items if isinstance(g, lm.GroupLine)) == [
+        "tick 0 rank {rank}", "tick 1 rank {rank}"]
 
 
 async def test_bad_arguments_fail_clearly(log_dir):

@@ -114,11 +114,11 @@ def test_human_size():
 def test_a_bar_ending_in_cr_shows_its_latest_state_when_idle():
     s = LineSplitter()
     assert s.feed(b"10%\r", 0) == []
-    assert s.take_partial() == [(b"10%", 1)]
+    assert s.take_partial() == [(b"10%", 2)]  # a bar state, whole
     s = LineSplitter()
     s.feed(b"a\r10%\r", 0)
     assert s.feed(b"20%\r", 0.01) == []  # throttled
-    assert s.take_partial() == [(b"20%", 1)]  # the latest state, not nothing
+    assert s.take_partial() == [(b"20%", 2)]  # the latest state, not nothing
 
 
 @given(st.lists(st.integers(0, 400), min_size=1, max_size=30), st.integers(80, 200))

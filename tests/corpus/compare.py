@@ -29,9 +29,8 @@ def peers(name: str) -> tuple[list[str], list[str], list[str]]:
     order.sort(key=lambda x: (printed[x[0]].index(x[1]), x[0]))
     for i, (r, line) in enumerate(order):
         monarch.add(line)
-        ray_out += [f"(pid={1000 + r}) {t}" if "repeated" not in t else t
-                    for t in ray.add(line, i * 0.01)]
-    ray_out += ray.flush()
+        ray_out += [f"(pid={1000 + src}) {t}" for src, t in ray.add(line, i * 0.01, r)]
+    ray_out += [f"(pid={1000 + src}) {t}" for src, t in ray.flush()]
     return ours, monarch.flush(), ray_out
 
 

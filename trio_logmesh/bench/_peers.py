@@ -3,11 +3,11 @@
 * :class:`MonarchGrouper`: Monarch's log client buckets the lines of a window by normalized
   edit distance (below 0.15 joins the first group whose *first* line is that close) and shows
   each group as its first line and ``[N similar log lines]``.
-* :class:`RayDeduplicator`: Ray's ``log_to_driver`` deduplication as its documentation
-  describes it: the first line of a pattern (words with digits ignored) prints at once; its
-  repeats within 5 s are counted and printed as one line, ``[repeated Nx across cluster]``.
+* :class:`RayDeduplicator`: Ray's ``log_to_driver`` deduplication: the first line of a
+  pattern (words with numbers ignored) prints at once; its repeats from other processes
+  within 5 s are counted and printed as one line, ``[repeated Nx across cluster]``.
 
-Reimplemented from their documentation and observed output (no code of theirs), so that
+Written anew from their documentation and from reading their code (no code of theirs), so that
 ``logmesh bench grouping`` and the README can put the three side by side on one corpus.
 """
 
@@ -92,45 +92,75 @@ class MonarchGrouper:
         return out
 
 
-_DIGITS = re.compile(r"\d")
+_NUMBERS = re.compile(r"\d+|0x[0-9a-fA-F]+")
 
 
 class RayDeduplicator:
-    """Ray's log deduplication, as documented (see the module docstring)."""
+    """Ray's ``log_to_driver`` deduplication (``ray/_private/ray_logging``), per stream.
+
+    * The key of a line is the line without its words holding a number; a line whose key is
+      empty is never deduplicated.
+    * A key seen for the first time prints at once and starts a 5 s window.
+    * A repeat from the *same* source (process) as every earlier one prints at once; once a
+      second source printed the key, repeats are counted and only the latest is kept.
+    * When the window ends: two or more counted repeats print as the latest one followed by
+      ``[repeated Nx across cluster]`` (and counting starts again); a single one prints as
+      itself; none, nothing more.
+    """
 
     def __init__(self, window: float = 5.0) -> None:
         """Deduplicate over ``window`` seconds (Ray's default: 5)."""
         self.window = window
-        self._seen: dict[str, list] = {}  # pattern -> [first time, count, latest line]
+        # key -> [window start, count, latest line, latest source, sources]
+        self._recent: dict[str, list] = {}
 
     @staticmethod
     def pattern(line: str) -> str:
-        """The dedup key: the line without its words holding a digit."""
-        return " ".join(w for w in line.split() if not _DIGITS.search(w))
+        """The dedup key: the line without its words holding a number."""
+        return " ".join(w for w in line.split() if not _NUMBERS.search(w))
 
-    def add(self, line: str, now: float) -> list[str]:
-        """Feed one line; return what prints now."""
-        out = self.expire(now)
+    def add(self, line: str, now: float, source: int = 0) -> list[tuple[int, str]]:
+        """Feed one line of ``source``; return what prints now, as ``(source, text)``."""
+        out: list[tuple[int, str]] = []
         key = self.pattern(line)
-        state = self._seen.get(key)
-        if state is None:
-            self._seen[key] = [now, 0, line]
-            out.append(line)
+        state = self._recent.get(key) if key else None
+        if not key:
+            out.append((source, line))
+        elif state is None:
+            self._recent[key] = [now, 0, line, source, {source}]
+            out.append((source, line))
         else:
-            state[1] += 1
-            state[2] = line
+            state[4].add(source)
+            if len(state[4]) > 1:
+                state[1] += 1
+                state[2], state[3] = line, source
+            else:
+                out.append((source, line))
+        out += self._expire(now)
         return out
 
-    def expire(self, now: float) -> list[str]:
-        """The counted repeats whose 5 s have passed."""
-        out = []
-        for key, (t, count, line) in list(self._seen.items()):
-            if now - t >= self.window:
-                if count:
-                    out.append(f"{line} [repeated {count}x across cluster]")
-                del self._seen[key]
+    def _expire(self, now: float) -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = []
+        while self._recent:
+            key, state = next(iter(self._recent.items()))
+            if now - state[0] < self.window:
+                break
+            del self._recent[key]
+            start, count, line, source, sources = state
+            if count > 1:
+                out.append((source, f"{line} [repeated {count}x across cluster]"))
+                self._recent[key] = [now, 0, line, source, sources]
+            elif count == 1:
+                out.append((source, line))
         return out
 
-    def flush(self) -> list[str]:
+    def flush(self) -> list[tuple[int, str]]:
         """Everything counted, now."""
-        return self.expire(float("inf"))
+        out: list[tuple[int, str]] = []
+        for _, count, line, source, _ in self._recent.values():
+            if count > 1:
+                out.append((source, f"{line} [repeated {count}x across cluster]"))
+            elif count == 1:
+                out.append((source, line))
+        self._recent.clear()
+        return out

@@ -160,7 +160,9 @@ class LineSplitter:
         self._pending = b""
         if b"\r" in pending:
             # The latest state: the text after the last \r, a trailing \r (maybe half of a
-            # \r\n) belonging to the state before it.
+            # \r\n) belonging to the state before it.  It is a bar's state, whole for the
+            # view: whatever the rank writes next starts a line of its own.
             body = pending[:-1] if pending.endswith(b"\r") else pending
             pending = body[body.rfind(b"\r") + 1 :]
+            return [(pending, PROGRESS)] if pending else []
         return [(pending, PARTIAL)] if pending else []

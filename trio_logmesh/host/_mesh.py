@@ -94,7 +94,7 @@ class OwnedView(Protocol):
 
     def set_mode(
         self, stream_to_client: bool, aggregate_window_sec: float | None,
-        level: int | str | None,
+        level: int | str | None, *, fold: Any = ...,
     ) -> None: ...
 
     async def flush(self, timeout: float | None = None) -> None: ...
@@ -194,23 +194,25 @@ class ProcMesh:
         level: int | str | None = logging.INFO,
         *,
         sink: object = None,
+        fold: str = "ranks",
     ) -> Any:
         """One-line form: a :class:`~trio_logmesh.LoggingMeshClient` owned by this mesh.
 
         The client lives until the mesh's ``async with`` ends, which flushes it first.  A
-        second call changes that client's mode (a mesh has one live view).  Raises
-        ``ValueError`` for a window without streaming (before spawning anything).
+        second call changes that client's mode (a mesh has one live view).  The arguments
+        are :meth:`LoggingMeshClient.set_mode`'s.  Raises ``ValueError`` for a window without
+        streaming or an unknown ``fold`` (before spawning anything).
         """
         if self._nursery is None or _view_factory is None:
             raise LogmeshError("the mesh is closed")
         for view in self._views:  # one live view per mesh: a second call changes its mode
             if sink is not None:
                 raise LogmeshError("this mesh already has a client; its sink cannot change")
-            view.set_mode(stream_to_client, aggregate_window_sec, level)
+            view.set_mode(stream_to_client, aggregate_window_sec, level, fold=fold)
             return view
         view = await _view_factory(
             self._nursery, self, sink=sink, stream_to_client=stream_to_client,
-            aggregate_window_sec=aggregate_window_sec, level=level,
+            aggregate_window_sec=aggregate_window_sec, level=level, fold=fold,
         )
         self._views.append(view)
         return view

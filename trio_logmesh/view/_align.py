@@ -14,13 +14,16 @@ different values.  So the engine lines the ranks' output up, line by line:
 * A slot is shown once every rank expected to print its kind has (``[ranks 0-63] step 5
   loss 0.41..0.43``), or when ``window`` seconds have passed since it opened, with the ranks
   it has.  A rank is not waited for where it has shown it will not print the line: it
-  printed, without it, a line that comes after it (rank 0's "saving checkpoint" does not
-  wait for ranks already at the next step), or it has exited.  A kind that timed out
+  printed, without it, a later line of the same stream (rank 0's "saving checkpoint" does
+  not wait for ranks already at the next step), or it has exited.  A kind that timed out
   expects, from then on, the ranks that printed it in time; a rank printing it again is
   expected again.
-* Each rank's units come out in the order the rank wrote them (both streams): a slot waits
-  for every unit its ranks wrote before.  When its window has passed, the units blocking it
-  go out first, as they are, so no line waits much longer than ``window``.
+* Each rank's units come out in the order the rank wrote them: a slot waits for every unit
+  of the same stream its ranks wrote before, and for the other stream's units before it
+  unless it is complete (two pipes' relative order is only approximate: a stdout line does
+  not wait for a stderr line that waits for its peers).  When its window has passed, the
+  units blocking it go out first, as they are, so no line waits much longer than
+  ``window``.
 * Partial lines (no newline yet) and their rest are shown as themselves, in order.
 * A flood -- more than ``FLOOD_LINES`` lines a second, or ``FLOOD_CHUNK`` lines in one
   chunk -- is shown as it is, unfolded, with a notice, until it calms down (below
@@ -52,6 +55,8 @@ from ._spread import FieldValues
 
 __all__ = ["CALM_LINES", "FLOOD_CHUNK", "FLOOD_LINES", "Aligner"]
 
+_OTHER: Final[dict[str, Stream]] = {"stdout": "stderr", "stderr": "stdout"}
+
 FLOOD_LINES: Final = 20_000
 """Lines a second (all ranks) past which lines are shown as they are instead of folded."""
 FLOOD_CHUNK: Final = 1_000
@@ -72,6 +77,7 @@ class _Unit:
     progress: bool = False
     item: Output | None = None  # shown as it is (a notice about the rank)
     spans: Any = None  # where a line's fields are
+    seq: int = 0  # the order its rank wrote it in, across both streams
 
 
 @attrs.define(eq=False, slots=True)
@@ -97,6 +103,7 @@ class _Kind:
     base: int = 0  # the position of slots[0]
     first: int = 0  # index of the first slot not yet shown
     cursor: dict[int, int] = attrs.field(factory=dict)  # rank -> position to look from
+    late: dict[int, _Slot] = attrs.field(factory=dict)  # position -> slot of late lines
 
     def trim(self) -> None:
         """Forget the shown slots at the front."""
@@ -129,12 +136,17 @@ class Aligner:
         self._window = check_window(window)
         self._live = set(ranks)
         self._serial = 0
-        self._fifo: dict[int, deque[_Slot]] = {}
+        # Each rank's slots per stream, in the order it wrote their units.
+        self._fifo: dict[tuple[int, Stream], deque[_Slot]] = {}
+        self._seq = 0
         self._kinds: dict[Any, _Kind] = {}
         self._heap: list[tuple[float, int, _Slot]] = []
         self._blocks: dict[tuple[int, Stream], BlockAssembler] = {}
         self._open_blocks: dict[tuple[int, Stream], BlockAssembler] = {}
         self._boards: dict[tuple[Stream, Template], _Board] = {}
+        # The board holding each rank's current bar state per stream: a rank redraws one
+        # line at a time, so a new state (or a finished line) ends the one before.
+        self._bar_of: dict[tuple[int, Stream], _Board] = {}
         self._continued: set[tuple[int, Stream]] = set()
         self._shapes = ShapeCache()
         self._origin: dict[int, tuple[str, int]] = {}
@@ -216,8 +228,10 @@ class Aligner:
             u = _Unit(rank, [], [], now, "", 0, item=item)
             self._join(None, item.stream, u, now)
         self._pump(out, all_ranks=True)
-        for board in self._boards.values():
-            if board.states.pop(rank, None) is not None and board.due is None:
+        for stream in ("stdout", "stderr"):
+            board = self._bar_of.pop((rank, stream), None)
+            if board is not None and board.states.pop(rank, None) is not None \
+                    and board.due is None:
                 board.due = now
         return out
 
@@ -324,9 +338,9 @@ class Aligner:
             info = self._shapes.shape(clean[0].translate(TO_ZERO), "\n")
             u.spans = info.spans
             key = (stream, info.template)
-            board = self._boards.get(key)
-            if board is not None and board.states.pop(rank, None) is not None:
-                board.due = board.due if board.due is not None else now
+        board = self._bar_of.pop((rank, stream), None)
+        if board is not None:  # the line ends the rank's bar: that state is no longer live
+            board.states.pop(rank, None)
         self._join(key, stream, u, now)
 
     def _join(self, key: Any, stream: Stream, u: _Unit, now: float) -> None:
@@ -338,10 +352,19 @@ class Aligner:
                 kind = self._kinds[key] = _Kind(set(self._live))
             kind.expect.add(rank)
             slots = kind.slots
-            # The oldest open slot without a unit of this rank: at or after the rank's cursor
-            # (the rank joined slots in order; the ones before that it did not join were
-            # shown or forced already).
-            j = max(kind.cursor.get(rank, 0) - kind.base, kind.first)
+            # The rank's next slot of this kind is the one after the last it joined.  If that
+            # was shown without it already (its window passed, or a flush), the line is late:
+            # it goes with the other ranks late for that slot, never with the next slot's
+            # lines (which would show its "step 15" as one of the others' "step 16").  A rank
+            # printing a kind for the first time joins the oldest open slot.
+            want = kind.cursor.get(rank, -1)
+            j = want - kind.base
+            if want >= 0 and (want < kind.base + kind.first or (
+                    j < len(slots) and (slots[j].closed or slots[j].forced))):
+                self._join_late(kind, key, stream, u, want, now)
+                return
+            # Else the oldest open slot without a unit of this rank, from there on.
+            j = max(j, kind.first)
             n = len(slots)
             while j < n:
                 s = slots[j]
@@ -359,10 +382,16 @@ class Aligner:
         else:
             self._serial += 1
             slot = _Slot(self._serial, stream, None, now)
+        self._add_unit(slot, u)
+
+    def _add_unit(self, slot: _Slot, u: _Unit) -> None:
+        rank = u.rank
+        self._seq += 1
+        u.seq = self._seq
         slot.units[rank] = u
-        fifo = self._fifo.get(rank)
+        fifo = self._fifo.get((rank, slot.stream))
         if fifo is None:
-            fifo = self._fifo[rank] = deque()
+            fifo = self._fifo[(rank, slot.stream)] = deque()
         fifo.append(slot)
         self._dirty.add(slot)
         if rank in slot.waiting:
@@ -370,13 +399,35 @@ class Aligner:
             if not slot.waiting:
                 self._passed(slot)
 
+    def _join_late(self, kind: _Kind, key: Any, stream: Stream, u: _Unit, pos: int,
+                   now: float) -> None:
+        """``u`` is its rank's line for the slot at ``pos``, shown already without it: it goes
+        with the other ranks late for that slot, not with the next slot's lines."""
+        rank = u.rank
+        slot = kind.late.get(pos)
+        if slot is None or slot.closed or slot.forced or rank in slot.units:
+            self._serial += 1
+            cursor = kind.cursor
+            waiting = {r for r in kind.expect & self._live
+                       if r != rank and cursor.get(r, 0) <= pos}
+            slot = kind.late[pos] = _Slot(self._serial, stream, key, now + self._window, pos,
+                                          waiting)
+            heapq.heappush(self._heap, (slot.deadline, slot.serial, slot))
+        kind.cursor[rank] = pos + 1
+        if len(kind.late) > 64:  # forget late slots already shown
+            kind.late = {p: s for p, s in kind.late.items() if not s.closed}
+        self._add_unit(slot, u)
+
     def _passed(self, slot: _Slot) -> None:
         """``slot`` is complete: its ranks printed its line without a line a member wrote
         before it, so they are not waited for there (a line only some ranks print, such as
         rank 0's "saving checkpoint", does not hold the others' lines back)."""
         members = slot.units.keys()
+        stream = slot.stream
         for q in list(members):
-            for before in self._fifo[q]:
+            # Only the same stream tells: a rank's stdout and stderr are read from two pipes
+            # (one often block-buffered), so their order between them is not known.
+            for before in self._fifo[(q, stream)]:
                 if before is slot:
                     break
                 waiting = before.waiting
@@ -389,7 +440,8 @@ class Aligner:
         return slot.forced or slot.key is None or not slot.waiting
 
     def _force(self, slot: _Slot) -> None:
-        """Show ``slot`` (its window passed) and, first, every unit its ranks wrote before."""
+        """Show ``slot`` (its window passed) and, first, every unit of its stream its ranks
+        wrote before."""
         stack = [slot]
         while stack:
             s = stack.pop()
@@ -398,45 +450,70 @@ class Aligner:
             s.forced = True
             self._dirty.add(s)
             for r in s.units:
-                for before in self._fifo[r]:
+                for before in self._fifo[(r, s.stream)]:
                     if before is s:
                         break
                     if not before.forced:
                         stack.append(before)
 
     def _pump(self, out: list[Output], all_ranks: bool = False) -> None:
-        """Show every slot that is ready and first in line for all its ranks, oldest first."""
+        """Show every slot that is ready and first in line for all its ranks, oldest first.
+
+        First in line means first of its stream for the rank: a complete line is not held
+        back by the rank's other stream (two pipes' relative order is only approximate); a
+        notice (a rank's exit) waits for everything of its rank.
+        """
         fifo = self._fifo
-        ranks = set(fifo) if all_ranks else set()
+        touched: dict[Stream, set[int]] = {"stdout": set(), "stderr": set()}
         for s in self._dirty:
-            ranks.update(s.units)
+            touched[s.stream].update(s.units)
         self._dirty.clear()
-        work = [(q[0].serial, r) for r in ranks if (q := fifo.get(r))]
+        if all_ranks:
+            for r, stream in fifo:
+                touched[stream].add(r)
+        slots: dict[int, _Slot] = {}
+        work: list[tuple[int, int]] = []
+        for stream, ranks in touched.items():
+            for r in ranks:
+                q = fifo.get((r, stream))
+                if q:
+                    slots[q[0].serial] = q[0]
+                    work.append((q[0].serial, r))
         heapq.heapify(work)
         while work:
             serial, r = heapq.heappop(work)
-            q = fifo[r]
-            if not q or q[0].serial != serial:
-                continue  # stale
-            slot = q[0]
-            if not self._ready(slot):
-                continue
-            first = [rr for rr in slot.units if fifo[rr][0] is slot]
+            slot = slots[serial]
+            if slot.closed or r not in slot.units or not self._ready(slot):
+                continue  # stale, or not ready
+            first = [rr for rr in slot.units if self._first_in_line(rr, slot)]
             if len(first) == len(slot.units):
                 shown = slot.units
                 slot.closed = True
                 if slot.key is not None:
                     self._kinds[slot.key].trim()
-            elif slot.forced:  # what is first in line goes; the rest follows its own order
+            elif slot.forced and first:  # what is first in line goes; the rest follows
                 shown = {rr: slot.units.pop(rr) for rr in first}
             else:
                 continue
             for rr in shown:
-                q = fifo[rr]
+                q = fifo[(rr, slot.stream)]
                 q.popleft()
-                if q:
-                    heapq.heappush(work, (q[0].serial, rr))
+                for s in (q, fifo.get((rr, _OTHER[slot.stream]))):
+                    if s:
+                        slots[s[0].serial] = s[0]
+                        heapq.heappush(work, (s[0].serial, rr))
             self._render(slot, shown, out)
+
+    def _first_in_line(self, rank: int, slot: _Slot) -> bool:
+        """Whether ``slot`` is first of its stream for ``rank`` (first of all, for a notice)."""
+        q = self._fifo[(rank, slot.stream)]
+        if q[0] is not slot:
+            return False
+        u = slot.units[rank]
+        if slot.key is None and u.item is not None:
+            other = self._fifo.get((rank, _OTHER[slot.stream]))
+            return not other or other[0].units[rank].seq > u.seq
+        return True
 
     def _render(self, slot: _Slot, units: dict[int, _Unit], out: list[Output]) -> None:
         if len(units) == 1:
@@ -470,6 +547,10 @@ class Aligner:
         board = self._boards.get(key)
         if board is None:
             board = self._boards[key] = _Board(batch.stream, info.template)
+        before = self._bar_of.get((batch.rank, batch.stream))
+        if before is not None and before is not board:
+            before.states.pop(batch.rank, None)
+        self._bar_of[(batch.rank, batch.stream)] = board
         board.states[batch.rank] = _Unit(batch.rank, [line], [clean], batch.time,
                                          batch.hostname, batch.pid, False, True,
                                          spans=info.spans)

@@ -577,11 +577,13 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         stream_to_client: bool,
         aggregate_window_sec: float | None,
         level: int | str | None,
+        fold: Fold = "ranks",
     ) -> LoggingMeshClient:
         """The client of ``mesh.logging_option(...)``: validated before anything starts."""
         check_mode(stream_to_client, aggregate_window_sec, level)
+        check_fold(fold)
         client = await cls.spawn(nursery, mesh, sink=sink)
-        client.set_mode(stream_to_client, aggregate_window_sec, level)
+        client.set_mode(stream_to_client, aggregate_window_sec, level, fold=fold)
         return client
 
 
