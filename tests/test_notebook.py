@@ -1,0 +1,165 @@
+"""The notebook extension in a real kernel: a notebook run by nbclient, cross-checked cell by
+cell against the per-rank files.
+
+The ranks (``nb_worker``) print only when a cell tells them to, and tag each line with that
+cell; they are block-buffered and never flushed by the agent's timer (``flush_interval=0``),
+so what a cell shows of them got there through the end-of-cell flush alone.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from .notebook_kit import HELPERS, PY, WORKER, CellOutput, cross_check, read_outputs
+
+nbformat = pytest.importorskip("nbformat", reason="the notebook tests need nbformat "
+                               "(pip install -e '.[test]' or '.[notebook]')")
+nbclient = pytest.importorskip("nbclient", reason="the notebook tests need nbclient "
+                               "(pip install -e '.[test]' or '.[notebook]')")
+pytest.importorskip("ipykernel", reason="the notebook tests need ipykernel "
+                    "(pip install -e '.[test]' or '.[notebook]')")
+
+CELL_TIMEOUT = 1.0
+
+
+def notebook_cells(tmp: str) -> list[str]:
+    a_dir, b_dir = os.path.join(tmp, "cmd-a"), os.path.join(tmp, "cmd-b")
+    os.makedirs(a_dir)
+    os.makedirs(b_dir)
+    env = "{'PYTHONUNBUFFERED': None}"
+    return [
+        "# cell 0\n%load_ext trio_logmesh\n%load_ext trio_logmesh\n"
+        "import trio_logmesh\ntrio_logmesh.load_ipython_extension(get_ipython())\n"
+        "cbs = get_ipython().events.callbacks\n"
+        "print('hooks', *[sum('CellHooks' in repr(f) for f in cbs[e])\n"
+        "                 for e in ('pre_run_cell', 'post_run_cell')])",
+        "# cell 1\n" + HELPERS + "\nimport trio\nfrom trio_logmesh import notebook as lmnb\n"
+        f"lmnb.set_cell_timeout({CELL_TIMEOUT})\n"
+        f"a = Ranks({a_dir!r}, 3)\n"
+        f"mesh = lmnb.open_mesh([{PY!r}, {WORKER!r}, {a_dir!r}], procs=3, env={env},\n"
+        f"                      log_dir={os.path.join(tmp, 'logs-a')!r}, flush_interval=0,\n"
+        "                      grace=1.0)\n"
+        "a.say(1, lines=3)",
+        "# cell 2\na.say(2, lines=50, err_lines=2)",
+        "# cell 3\nawait a.asay(3, lines=20)\nawait lmnb.arun(trio.sleep, 0.01)",
+        "# cell 4\ndones = a.send(4, lines=10, gap=0.05)\ntime.sleep(0.8)\na.wait(dones)",
+        "# cell 5\na.say(5, lines=2, partial=True)",
+        "# cell 6\na.say(6, lines=2)",
+        "# cell 7\nos.kill(mesh.pids[2], signal.SIGSTOP)\nwait_stopped(mesh.pids[2])\n"
+        "a.say(7, ranks=[0, 1], lines=3)",
+        "# cell 8\na.say(8, ranks=[0, 1], lines=3)",
+        "# cell 9\nos.kill(mesh.pids[2], signal.SIGCONT)\na.say(9, lines=3)",
+        "# cell 10\na.say(10, ranks=[1], lines=2, exit=3)\n"
+        "lmnb.run(mesh.proc_mesh.wait_rank, 1)",
+        "# cell 11\n"
+        f"b = Ranks({b_dir!r}, 4)\n"
+        f"agg = lmnb.open_mesh([{PY!r}, {WORKER!r}, {b_dir!r}], procs=4, env={env},\n"
+        f"                     log_dir={os.path.join(tmp, 'logs-b')!r}, name='agg',\n"
+        "                     aggregate_window_sec=0.3, announce=False)\n"
+        "b.say(11, steps=20)\ntime.sleep(0.6)\nb.say(11, steps=20)",
+        "# cell 12\npids = mesh.pids + agg.pids\nprint('codes', mesh.stop(), agg.stop())\n"
+        "print('running', [p for p in pids if os.path.exists(f'/proc/{p}')])",
+    ]
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory) -> tuple[list[CellOutput], str]:
+    tmp = str(tmp_path_factory.mktemp("nb"))
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in notebook_cells(tmp)]
+    client = nbclient.NotebookClient(nb, timeout=60, kernel_name="python3",
+                                     resources={"metadata": {"path": tmp}})
+    client.execute()
+    nbformat.write(nb, os.path.join(tmp, "executed.ipynb"))  # to look at when a test fails
+    return read_outputs(nb.cells), tmp
+
+
+def test_loading_twice_keeps_one_hook_pair(executed):
+    outputs, _ = executed
+    assert outputs[0].other[-1] == "hooks 1 1"
+
+
+def test_every_line_is_in_the_cell_that_printed_it_once(executed):
+    outputs, tmp = executed
+    check = cross_check(outputs, os.path.join(tmp, "logs-a"), 3)
+    print(f"\ncross-check, mesh of 3 ranks over {len(outputs)} cells: {check.summary()}")
+    assert (check.wrong_cell, check.missing, check.twice, check.out_of_order) == ([], [], [], [])
+    # Every cell that told ranks to print shows each of those lines (none is missing above),
+    # and the total is what the ranks were told to print.
+    assert check.lines_checked == 3 * 3 + 3 * 52 + 3 * 20 + 3 * 10 + 3 * 2 + 3 * 2 + 2 * 3 * 2 \
+        + 3 * 3 + 2
+
+
+def test_block_buffered_and_partial_lines_reach_their_cell(executed):
+    outputs, _ = executed
+    by_tag = {co.tag: co for co in outputs}
+    # Cell 2: 50 block-buffered stdout lines and 2 stderr lines per rank, nothing else.
+    assert sorted((r, s) for _, r, s, _ in by_tag[2].lines) == sorted(
+        [(r, "stdout") for r in range(3) for _ in range(50)]
+        + [(r, "stderr") for r in range(3) for _ in range(2)])
+    # Cell 5 ends with each rank's partial line; cell 6 starts each rank with its rest.
+    for r in range(3):
+        assert [t for _, rank, _, t in by_tag[5].lines if rank == r][-1] == f"r{r} c5 partial"
+        assert [t for _, rank, _, t in by_tag[6].lines if rank == r][0] == f"r{r} c6 n0"
+
+
+def test_async_and_blocking_cells_show_their_lines(executed):
+    outputs, _ = executed
+    by_tag = {co.tag: co for co in outputs}
+    assert len(by_tag[3].lines) == 60 and by_tag[3].errors == []
+    assert len(by_tag[4].lines) == 30 and by_tag[4].errors == []
+
+
+def test_a_stopped_rank_costs_one_timeout_and_one_line(executed):
+    outputs, _ = executed
+    by_tag = {co.tag: co for co in outputs}
+    first, later, resumed = by_tag[7], by_tag[8], by_tag[9]
+    assert len(first.notes) == 1
+    assert re.fullmatch(r"end of cell: no answer from rank 2 within 1 s \(rank 2 is stopped "
+                        r"\(SIGSTOP, Ctrl-Z or a debugger\)\); what it printed may show in a "
+                        r"later cell", first.notes[0]), first.notes
+    assert first.seconds is not None and first.seconds >= CELL_TIMEOUT
+    assert len(later.notes) == 1 and later.notes[0].startswith(
+        "end of cell: rank 2 still silent (since an earlier cell; not waited for)")
+    assert later.seconds is not None and later.seconds < CELL_TIMEOUT - 0.3
+    assert resumed.notes == []
+    assert sorted({r for _, r, _, _ in resumed.lines}) == [0, 1, 2]
+
+
+def test_an_exit_is_reported_in_the_cell_it_happened_in(executed):
+    outputs, _ = executed
+    by_tag = {co.tag: co for co in outputs}
+    assert by_tag[10].notes == ["rank 1 exited with code 3"]
+    assert by_tag[10].results == ["3"]
+
+
+def test_summaries_go_into_one_display_per_cell_that_adds_up(executed):
+    outputs, tmp = executed
+    cell = {co.tag: co for co in outputs}[11]
+    assert len(cell.displays) == 1
+    text = cell.displays[0]["text/plain"]
+    lines = text.splitlines()
+    assert lines[0] == "[logmesh] lines repeated across ranks in this cell (aggregated):"
+    counts = [int(m[1]) for m in (re.match(r"\[agg (\d+)x ranks [\d,-]+\] step", line)
+                                  for line in lines[1:]) if m]
+    assert len(counts) == len(lines) - 1 >= 1
+    shown = [t for mesh, _, _, t in cell.lines if mesh == "agg"]
+    assert all(t.startswith("step ") for t in shown)
+    printed = 0
+    for r in range(4):
+        with open(os.path.join(tmp, "logs-b", f"rank-{r}.stdout.log")) as fh:
+            printed += len(fh.read().splitlines())
+    assert printed == 4 * 40
+    assert len(shown) + sum(counts) == printed  # every line: shown, or counted in a summary
+
+
+def test_stop_ends_every_rank_and_no_cell_gets_output_of_another(executed):
+    outputs, _ = executed
+    last = {co.tag: co for co in outputs}[12]
+    assert last.other[-1] == "running []"
+    assert last.other[-2] == "codes [-15, 3, -15] [-15, -15, -15, -15]"
+    assert all(co.errors == [] for co in outputs)
+    assert not any("between cells" in n for co in outputs for n in co.notes)
