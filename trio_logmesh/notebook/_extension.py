@@ -12,6 +12,7 @@ the flush only.  IPython itself is never imported here: it is taken from ``sys.m
 from __future__ import annotations
 
 import sys
+import threading
 import weakref
 from typing import Any
 
@@ -55,6 +56,13 @@ def route_for(shell: Any) -> CellRoute:
     return CellRoute(out, err)
 
 
+def _in_subshell() -> bool:
+    # ipykernel 7 runs the cells of a subshell (a second console on the same kernel, widgets)
+    # in other threads, at the same time as the main shell's cell: they are not the cells
+    # the ranks' output belongs to.
+    return threading.current_thread() is not threading.main_thread()
+
+
 class CellHooks:
     """The pre-/post-cell hook pair of one shell."""
 
@@ -63,10 +71,14 @@ class CellHooks:
 
     def pre_run_cell(self, *_: Any) -> None:
         """A cell starts: its output goes to it."""
+        if _in_subshell():
+            return
         ROUTER.begin(route_for(self.shell))
 
     def post_run_cell(self, *_: Any) -> None:
         """A cell ended: flush every live mesh into it, then hold output until the next."""
+        if _in_subshell():
+            return
         try:
             runtime = current_runtime()
             if runtime is not None and LIVE:
