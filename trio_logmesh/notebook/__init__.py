@@ -17,14 +17,14 @@ trio_logmesh imports it except the extension entry points, and it imports IPytho
 running inside it.
 """
 
-from ._calls import arun, run, shutdown
+from ._api import arun, open_mesh, run, shutdown
 from ._extension import (
     cell_timeout,
     load_ipython_extension,
     set_cell_timeout,
     unload_ipython_extension,
 )
-from ._mesh import NotebookMesh, open_mesh
+from ._mesh import NotebookMesh
 from ._runtime import RuntimeClosed
 
 __all__ = [

@@ -61,9 +61,9 @@ def routable(stream: object) -> bool:
     return isinstance(getattr(stream, "_parent_header", None), contextvars.ContextVar)
 
 
-def _set_parent(obj: Any, parent: dict[str, Any]) -> tuple[Any, Any]:
+def set_parent(obj: Any, parent: dict[str, Any]) -> tuple[Any, Any]:
     """Make ``parent`` the parent of what ``obj`` (a stream or display publisher) sends from
-    the current context; return what :func:`_reset_parent` needs."""
+    the current context; return what :func:`reset_parent` needs."""
     setter = getattr(obj, "set_thread_parent", None)
     if setter is not None:
         return obj, setter(parent)
@@ -73,7 +73,7 @@ def _set_parent(obj: Any, parent: dict[str, Any]) -> tuple[Any, Any]:
     return var, var.set(extract_header(parent))
 
 
-def _reset_parent(handle: tuple[Any, Any]) -> None:
+def reset_parent(handle: tuple[Any, Any]) -> None:
     obj, token = handle
     if isinstance(obj, contextvars.ContextVar):
         obj.reset(token)
@@ -121,11 +121,11 @@ class CellRoute:
         for kind, text in _runs(texts):
             stream = self.stream(kind)
             if self.parent is not None:
-                handle = _set_parent(stream, self.parent)
+                handle = set_parent(stream, self.parent)
                 try:
                     stream.write(text)
                 finally:
-                    _reset_parent(handle)
+                    reset_parent(handle)
             else:
                 stream.write(text)
                 if not self.kernel:
@@ -173,7 +173,7 @@ class CellRoute:
         targets = [self.out, self.err]
         if self.display_pub is not None and hasattr(self.display_pub, "set_thread_parent"):
             targets.append(self.display_pub)
-        return [_set_parent(t, self.parent) for t in targets]
+        return [set_parent(t, self.parent) for t in targets]
 
 
 def _runs(pieces: Sequence[Piece]) -> list[tuple[str, str]]:

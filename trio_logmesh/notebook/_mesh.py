@@ -16,8 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -29,7 +28,7 @@ from ..view._aggregate import fold_ranks
 from ..view._client import LoggingMeshClient, check_mode, open_logging_client
 from ..view._records import GroupLine, LogLines, Notice, Output
 from ._cells import ROUTER, Piece, Router
-from ._runtime import RuntimeClosed, get_runtime
+from ._runtime import get_runtime
 
 #: Seconds a later cell waits for a rank that fell silent at an earlier cell's end.
 SILENT_PROBE = 0.2
@@ -163,8 +162,8 @@ class NotebookMesh:
         interrupt stops the waiting, not the ranks.
         """
         __tracebackhide__ = True
-        _check_timeout(timeout)
-        return _call(self._wait, timeout)
+        check_timeout(timeout)
+        return call_for_cell(self._wait, timeout)
 
     async def _wait(self, timeout: float | None) -> list[int]:
         with trio.move_on_after(float("inf") if timeout is None else timeout):
@@ -179,8 +178,8 @@ class NotebookMesh:
         ``timeout`` seconds.  Does nothing on an ended mesh (everything was shown).
         """
         __tracebackhide__ = True
-        _check_timeout(timeout)
-        _call(self._flush, timeout)
+        check_timeout(timeout)
+        call_for_cell(self._flush, timeout)
 
     async def _flush(self, timeout: float | None) -> None:
         if self.closed:
@@ -199,8 +198,8 @@ class NotebookMesh:
         """
         __tracebackhide__ = True
         if grace is not None:
-            _check_timeout(grace, "grace")
-        return _call(self._stop_and_wait, grace)
+            check_timeout(grace, "grace")
+        return call_for_cell(self._stop_and_wait, grace)
 
     async def _stop_and_wait(self, grace: float | None = None) -> list[int]:
         if not self._stop.is_set():
@@ -222,7 +221,7 @@ class NotebookMesh:
         :meth:`LoggingMeshClient.set_mode` (``ValueError`` for a window without streaming)."""
         __tracebackhide__ = True
         check_mode(stream_to_client, aggregate_window_sec, level)
-        _call(self._set_mode, stream_to_client, aggregate_window_sec, level, across_ranks_only)
+        call_for_cell(self._set_mode, stream_to_client, aggregate_window_sec, level, across_ranks_only)
 
     async def _set_mode(self, stream: bool, window: float | None, level: int | str | None,
                         across: bool) -> None:
@@ -235,7 +234,7 @@ class NotebookMesh:
         if chosen is not None and not set(chosen) <= set(range(self.size)):
             raise ValueError(f"ranks {sorted(set(chosen) - set(range(self.size)))} are not in "
                              f"a mesh of {self.size}")
-        _call(self._send_signal, sig, chosen)
+        call_for_cell(self._send_signal, sig, chosen)
 
     async def _send_signal(self, sig: int, ranks: list[int] | None) -> None:
         self._proc_mesh.send_signal(sig, ranks)
@@ -308,14 +307,14 @@ def _silent_note(exc: FlushTimeout, timeout: float) -> str:
             f" what {'it' if len(missing) == 1 else 'they'} printed may show in a later cell")
 
 
-def _check_timeout(value: float | None, name: str = "timeout") -> None:
+def check_timeout(value: float | None, name: str = "timeout") -> None:
     __tracebackhide__ = True
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not value >= 0):
         raise ValueError(f"{name} must be None or a number of seconds >= 0, not {value!r}")
 
 
-def _call(fn: Any, *args: Any) -> Any:
+def call_for_cell(fn: Any, *args: Any) -> Any:
     """Run ``fn`` on the runtime for a cell; a user's mistake comes out without our frames."""
     __tracebackhide__ = True
     try:
@@ -345,61 +344,8 @@ async def stop_all_at_exit() -> None:
     await stop_all(EXIT_GRACE)
 
 
-def open_mesh(
-    cmd: Sequence[str | os.PathLike[str]],
-    procs: int = 1,
-    *,
-    aggregate_window_sec: float | None = None,
-    level: int | str | None = logging.INFO,
-    across_ranks_only: bool = False,
-    name: str | None = None,
-    announce: bool = True,
-    exit_timeout: float = 5.0,
-    env: Mapping[str, str | None] | None = None,
-    **options: Any,
-) -> NotebookMesh:
-    """Start ``procs`` copies of ``cmd`` that live across cells; return the mesh.
-
-    The ranks run on the notebook runtime (a trio thread that outlives cells), so their output
-    keeps streaming while a cell blocks.  In a Jupyter kernel a line shows in the cell that
-    runs while it is printed, and every cell ends with a flush of every live mesh (see the
-    README's notebook section); in IPython the extension's hooks are installed if they are not
-    (``%load_ext trio_logmesh``).  In plain Python the lines go to ``sys.stdout`` and
-    ``sys.stderr`` as they come.
-
-    ``aggregate_window_sec``, ``level`` and ``across_ranks_only`` are the client's mode
-    (:meth:`~trio_logmesh.LoggingMeshClient.set_mode`); with a window, the repeats of a cell
-    go into one display of that cell, updated in place.  ``name`` tags the lines of this mesh
-    (``[name 3]``), for telling several meshes apart.  ``exit_timeout`` bounds the last flush
-    when the mesh ends.  The other keyword arguments are :func:`~trio_logmesh.open_proc_mesh`'s
-    (``env``, ``log_dir``, ``grace``, ``flush_interval``, ...).  The run directory is
-    printed on stderr when ``announce``.
-
-    Raises ``ValueError``/``TypeError`` for bad arguments and ``OSError`` when a rank cannot
-    start (nothing is left running then).
-    """
-    __tracebackhide__ = True
-    for bad in ("sink", "mirror"):
-        if bad in options:
-            raise TypeError(f"open_mesh() does not take {bad}=: the cells are the live view")
-    check_mode(True, aggregate_window_sec, level)
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"name must be a string or None, not {type(name).__name__}")
-    _check_timeout(exit_timeout, "exit_timeout")
-    from ._extension import ensure_hooks
-
-    ensure_hooks()
-    mesh: NotebookMesh = _call(_open, cmd, procs, dict(
-        aggregate_window_sec=aggregate_window_sec, level=level,
-        across_ranks_only=across_ranks_only, name=name, exit_timeout=exit_timeout,
-        env=env, options=options))
-    if announce:
-        print(f"logmesh: {mesh.size} rank(s), logs in {mesh.run_dir}", file=sys.stderr,
-              flush=True)
-    return mesh
-
-
-async def _open(cmd: Sequence[str | os.PathLike[str]], procs: int, spec: dict[str, Any]) -> Any:
+async def open_on_runtime(cmd: Sequence[str | os.PathLike[str]], procs: int, spec: dict[str, Any]) -> Any:
+    """Start a mesh task in the runtime's nursery; return its handle once it runs."""
     runtime = get_runtime()
     if stop_all_at_exit not in runtime.before_close:
         runtime.before_close.append(stop_all_at_exit)
@@ -446,6 +392,3 @@ async def _serve_mesh(
             if mesh in LIVE:
                 LIVE.remove(mesh)
             mesh._ended.set()
-
-
-__all__ = ["NotebookMesh", "RuntimeClosed", "open_mesh"]

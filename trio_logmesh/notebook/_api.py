@@ -1,18 +1,75 @@
-"""Running async functions on the notebook runtime from cells, and shutting it down."""
+"""The cell-facing functions: open a mesh, run async functions on the runtime, shut down."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
+import logging
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import trio
 
-from ._cells import ROUTER, CellRoute, _reset_parent
-from ._mesh import stop_all
+from ..view._client import check_mode
+from ._cells import ROUTER, CellRoute, reset_parent
+from ._extension import ensure_hooks
+from ._mesh import NotebookMesh, call_for_cell, check_timeout, open_on_runtime, stop_all
 from ._runtime import close_runtime, current_runtime, get_runtime
 
 T = TypeVar("T")
+
+
+def open_mesh(
+    cmd: Sequence[str | os.PathLike[str]],
+    procs: int = 1,
+    *,
+    aggregate_window_sec: float | None = None,
+    level: int | str | None = logging.INFO,
+    across_ranks_only: bool = False,
+    name: str | None = None,
+    announce: bool = True,
+    exit_timeout: float = 5.0,
+    env: Mapping[str, str | None] | None = None,
+    **options: Any,
+) -> NotebookMesh:
+    """Start ``procs`` copies of ``cmd`` that live across cells; return the mesh.
+
+    The ranks run on the notebook runtime (a trio thread that outlives cells), so their output
+    keeps streaming while a cell blocks.  In a Jupyter kernel a line shows in the cell that
+    runs while it is printed, and every cell ends with a flush of every live mesh (see the
+    README's notebook section); in IPython the extension's hooks are installed if they are not
+    (``%load_ext trio_logmesh``).  In plain Python the lines go to ``sys.stdout`` and
+    ``sys.stderr`` as they come.
+
+    ``aggregate_window_sec``, ``level`` and ``across_ranks_only`` are the client's mode
+    (:meth:`~trio_logmesh.LoggingMeshClient.set_mode`); with a window, the repeats of a cell
+    go into one display of that cell, updated in place.  ``name`` tags the lines of this mesh
+    (``[name 3]``), for telling several meshes apart.  ``exit_timeout`` bounds the last flush
+    when the mesh ends.  The other keyword arguments are :func:`~trio_logmesh.open_proc_mesh`'s
+    (``env``, ``log_dir``, ``grace``, ``flush_interval``, ...).  The run directory is
+    printed on stderr when ``announce``.
+
+    Raises ``ValueError``/``TypeError`` for bad arguments and ``OSError`` when a rank cannot
+    start (nothing is left running then).
+    """
+    __tracebackhide__ = True
+    for bad in ("sink", "mirror"):
+        if bad in options:
+            raise TypeError(f"open_mesh() does not take {bad}=: the cells are the live view")
+    check_mode(True, aggregate_window_sec, level)
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string or None, not {type(name).__name__}")
+    check_timeout(exit_timeout, "exit_timeout")
+    ensure_hooks()
+    mesh: NotebookMesh = call_for_cell(open_on_runtime, cmd, procs, dict(
+        aggregate_window_sec=aggregate_window_sec, level=level,
+        across_ranks_only=across_ranks_only, name=name, exit_timeout=exit_timeout,
+        env=env, options=options))
+    if announce:
+        print(f"logmesh: {mesh.size} rank(s), logs in {mesh.run_dir}", file=sys.stderr,
+              flush=True)
+    return mesh
 
 
 def _check_async_fn(fn: object, what: str) -> None:
@@ -37,7 +94,7 @@ async def _in_cell(route: CellRoute | None, fn: Callable[..., Awaitable[T]],
         return await result
     finally:
         for handle in reversed(handles):
-            _reset_parent(handle)
+            reset_parent(handle)
 
 
 def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
