@@ -90,6 +90,7 @@ class CellOutput:
     displays: list[dict[str, Any]] = attrs.field(factory=list)
     results: list[str] = attrs.field(factory=list)
     errors: list[str] = attrs.field(factory=list)
+    tracebacks: list[str] = attrs.field(factory=list)
     seconds: float | None = None
 
 
@@ -125,6 +126,7 @@ def read_outputs(cells: Iterable[Any]) -> list[CellOutput]:
                 co.results.append(o.data.get("text/plain", ""))
             elif o.output_type == "error":
                 co.errors.append(f"{o.ename}: {o.evalue}")
+                co.tracebacks.extend(re.sub(r"\x1b\[[0-9;]*m", "", t) for t in o.traceback)
         out.append(co)
     return out
 

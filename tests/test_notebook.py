@@ -43,8 +43,10 @@ def notebook_cells(tmp: str) -> list[str]:
         f"                      log_dir={os.path.join(tmp, 'logs-a')!r}, flush_interval=0,\n"
         "                      grace=1.0)\n"
         "a.say(1, lines=3)",
-        "# cell 2\na.say(2, lines=50, err_lines=2)",
-        "# cell 3\nawait a.asay(3, lines=20)\nawait lmnb.arun(trio.sleep, 0.01)",
+        "# cell 2\na.say(2, lines=50, err_lines=2)\n"
+        "async def shout(x):\n    await trio.sleep(0.01)\n    print('runtime says', x)\n"
+        "    return x\nprint(lmnb.run(shout, 2))",
+        "# cell 3\nawait a.asay(3, lines=20)\nprint(await lmnb.arun(shout, 3))",
         "# cell 4\ndones = a.send(4, lines=10, gap=0.05)\ntime.sleep(0.8)\na.wait(dones)",
         "# cell 5\na.say(5, lines=2, partial=True)",
         "# cell 6\na.say(6, lines=2)",
@@ -62,6 +64,13 @@ def notebook_cells(tmp: str) -> list[str]:
         "b.say(11, steps=20)\ntime.sleep(0.6)\nb.say(11, steps=20)",
         "# cell 12\npids = mesh.pids + agg.pids\nprint('codes', mesh.stop(), agg.stop())\n"
         "print('running', [p for p in pids if os.path.exists(f'/proc/{p}')])",
+        "# cell 13\nlmnb.open_mesh(['/nonexistent/program'], procs=2)",
+        "# cell 14\n%unload_ext trio_logmesh\n"
+        "print('hooks', *[sum('CellHooks' in repr(f) for f in cbs[e])\n"
+        "                 for e in ('pre_run_cell', 'post_run_cell')])",
+        "# cell 15\n%load_ext trio_logmesh\n"
+        "print('hooks', *[sum('CellHooks' in repr(f) for f in cbs[e])\n"
+        "                 for e in ('pre_run_cell', 'post_run_cell')])",
     ]
 
 
@@ -70,6 +79,7 @@ def executed(tmp_path_factory) -> tuple[list[CellOutput], str]:
     tmp = str(tmp_path_factory.mktemp("nb"))
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in notebook_cells(tmp)]
+    nb.cells[13].metadata["tags"] = ["raises-exception"]
     client = nbclient.NotebookClient(nb, timeout=60, kernel_name="python3",
                                      resources={"metadata": {"path": tmp}})
     client.execute()
@@ -77,9 +87,28 @@ def executed(tmp_path_factory) -> tuple[list[CellOutput], str]:
     return read_outputs(nb.cells), tmp
 
 
-def test_loading_twice_keeps_one_hook_pair(executed):
+def test_loading_twice_keeps_one_hook_pair_and_unloading_removes_it(executed):
     outputs, _ = executed
-    assert outputs[0].other[-1] == "hooks 1 1"
+    by_tag = {co.tag: co for co in outputs}
+    assert by_tag[0].other[-1] == "hooks 1 1"
+    assert by_tag[14].other == ["hooks 0 0"]
+    assert by_tag[15].other == ["hooks 1 1"]
+
+
+def test_what_a_function_run_on_the_runtime_prints_goes_to_its_cell(executed):
+    outputs, _ = executed
+    by_tag = {co.tag: co for co in outputs}
+    assert by_tag[2].other == ["runtime says 2", "2"]
+    assert by_tag[3].other == ["runtime says 3", "3"]
+
+
+def test_a_program_that_cannot_start_is_one_clear_error(executed):
+    outputs, _ = executed
+    cell = {co.tag: co for co in outputs}[13]
+    assert cell.errors == ["FileNotFoundError: [Errno 2] No such file or directory: "
+                           "'/nonexistent/program'"]
+    shown = "\n".join(cell.tracebacks)
+    assert "trio" not in shown.replace("trio_logmesh", "") and "_runtime.py" not in shown
 
 
 def test_every_line_is_in_the_cell_that_printed_it_once(executed):
@@ -161,5 +190,5 @@ def test_stop_ends_every_rank_and_no_cell_gets_output_of_another(executed):
     last = {co.tag: co for co in outputs}[12]
     assert last.other[-1] == "running []"
     assert last.other[-2] == "codes [-15, 3, -15] [-15, -15, -15, -15]"
-    assert all(co.errors == [] for co in outputs)
+    assert all(co.errors == [] for co in outputs if co.tag != 13)
     assert not any("between cells" in n for co in outputs for n in co.notes)

@@ -221,3 +221,27 @@ def test_lines_stay_in_their_cell_while_a_subshell_runs_a_cell_of_its_own(kernel
     assert texts[side_id] == "in the subshell\n"
     assert sorted(texts[main_id].splitlines()) == sorted(
         f"[{r}] r{r} c1 n{i}" for r in range(2) for i in range(8))
+
+
+def test_an_interrupt_stops_waiting_not_the_ranks(kernel, tmp_path):
+    km, kc = kernel
+    where = tmp_path / "cmd"
+    where.mkdir()
+    ok(execute(kc, open_cell(str(where), 2, str(tmp_path / "logs"))))
+    sent = []
+
+    def interrupt(kind: str, content: dict) -> None:
+        if kind == "stream" and "waiting" in content.get("text", "") and not sent:
+            sent.append(time.monotonic())
+            time.sleep(0.3)
+            km.interrupt_kernel()
+
+    reply = execute(kc, "print('waiting', flush=True)\nmesh.wait()", timeout=20,
+                    on_output=interrupt)
+    assert sent and reply.status == "error"
+    assert [c["ename"] for _, kind, c in reply.outputs if kind == "error"] == [
+        "KeyboardInterrupt"]
+    assert reply.ended - sent[0] < 5
+    nxt = ok(execute(kc, "a.say(1, lines=1)\nprint(mesh.returncodes)"))
+    assert sorted(rank_lines(nxt)) == ["[0] r0 c1 n0", "[1] r1 c1 n0"]
+    assert "[None, None]" in nxt.lines()

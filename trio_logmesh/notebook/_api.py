@@ -84,6 +84,7 @@ def _check_async_fn(fn: object, what: str) -> None:
 
 async def _in_cell(route: CellRoute | None, fn: Callable[..., Awaitable[T]],
                    args: tuple[Any, ...]) -> T:
+    __tracebackhide__ = True
     # What the function prints itself goes to the cell that called it.
     handles = route.bind() if route is not None else []
     try:

@@ -75,6 +75,7 @@ class Call:
             self._scope.cancel()
 
     async def _run(self) -> None:
+        __tracebackhide__ = True
         if not self.future.set_running_or_notify_cancel():
             return
         try:
@@ -193,9 +194,10 @@ class Runtime:
                 "this blocks until the notebook runtime has run it, and was called on the "
                 "runtime's own thread (from an async function run there): await it instead"
             )
+        __tracebackhide__ = True  # IPython shows the caller's frames and the function's
         call = self.submit(fn, *args)
         try:
-            return call.future.result()  # type: ignore[no-any-return]
+            error = call.future.exception()  # waits
         except KeyboardInterrupt:
             if not call.future.done():
                 call.cancel()
@@ -204,6 +206,9 @@ class Runtime:
                 except KeyboardInterrupt:
                     pass
             raise
+        if error is not None:
+            raise error
+        return call.future.result()  # type: ignore[no-any-return]
 
     def close(self, timeout: float = CLOSE_WAIT) -> None:
         """Run the ``before_close`` functions, cancel everything, and join the thread (at most
