@@ -26,9 +26,9 @@ CELL_TIMEOUT = 1.0
 
 
 def notebook_cells(tmp: str) -> list[str]:
-    a_dir, b_dir = os.path.join(tmp, "cmd-a"), os.path.join(tmp, "cmd-b")
-    os.makedirs(a_dir)
-    os.makedirs(b_dir)
+    a_dir, b_dir, c_dir, d_dir = (os.path.join(tmp, f"cmd-{x}") for x in "abcd")
+    for d in (a_dir, b_dir, c_dir, d_dir):
+        os.makedirs(d)
     env = "{'PYTHONUNBUFFERED': None}"
     return [
         "# cell 0\n%load_ext trio_logmesh\n%load_ext trio_logmesh\n"
@@ -71,6 +71,16 @@ def notebook_cells(tmp: str) -> list[str]:
         "# cell 15\n%load_ext trio_logmesh\n"
         "print('hooks', *[sum('CellHooks' in repr(f) for f in cbs[e])\n"
         "                 for e in ('pre_run_cell', 'post_run_cell')])",
+        "# cell 16\n"
+        f"c = Ranks({c_dir!r}, 1)\n"
+        f"m3 = lmnb.open_mesh([{PY!r}, {WORKER!r}, {c_dir!r}], env={env}, announce=False,\n"
+        "                    name='m3')\n"
+        "c.say(16, lines=2)\nlmnb.shutdown()\nprint('m3', m3.closed, m3.returncodes)",
+        "# cell 17\n"
+        f"d = Ranks({d_dir!r}, 1)\n"
+        f"m4 = lmnb.open_mesh([{PY!r}, {WORKER!r}, {d_dir!r}], env={env}, announce=False,\n"
+        "                    name='m4')\n"
+        "d.say(17, lines=2)\nprint('m4', m4.stop())",
     ]
 
 
@@ -192,3 +202,13 @@ def test_stop_ends_every_rank_and_no_cell_gets_output_of_another(executed):
     assert last.other[-2] == "codes [-15, 3, -15] [-15, -15, -15, -15]"
     assert all(co.errors == [] for co in outputs if co.tag != 13)
     assert not any("between cells" in n for co in outputs for n in co.notes)
+
+
+def test_after_a_shutdown_the_next_mesh_runs_on_a_new_runtime(executed):
+    outputs, _ = executed
+    by_tag = {co.tag: co for co in outputs}
+    assert by_tag[16].lines == [("m3", 0, "stdout", "r0 c16 n0"), ("m3", 0, "stdout", "r0 c16 n1")]
+    assert by_tag[16].other == ["m3 True [-15]"]
+    assert by_tag[16].notes == ["m3: rank 0 was killed by SIGTERM"]
+    assert by_tag[17].lines == [("m4", 0, "stdout", "r0 c17 n0"), ("m4", 0, "stdout", "r0 c17 n1")]
+    assert by_tag[17].other == ["m4 [-15]"]

@@ -13,6 +13,7 @@ that did not answer is named in one line, and later cells wait for it only brief
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -28,12 +29,16 @@ from ..view._aggregate import fold_ranks
 from ..view._client import LoggingMeshClient, check_mode, open_logging_client
 from ..view._records import GroupLine, LogLines, Notice, Output
 from ._cells import ROUTER, Piece, Router
-from ._runtime import get_runtime
+from ._runtime import USER_ERRORS, get_runtime
 
 #: Seconds a later cell waits for a rank that fell silent at an earlier cell's end.
 SILENT_PROBE = 0.2
 #: Grace (SIGTERM to SIGKILL) for the meshes still running when the kernel exits.
 EXIT_GRACE = 1.0
+#: Seconds ``stop()`` waits for what the ranks printed before it (their buffers too) to come
+#: out, before it signals them; at kernel exit, ``EXIT_FLUSH``.
+STOP_FLUSH = 2.0
+EXIT_FLUSH = 0.5
 #: The end-of-cell flush's timeout, seconds (``set_cell_timeout``).
 DEFAULT_CELL_TIMEOUT = 3.0
 
@@ -103,6 +108,7 @@ class NotebookMesh:
     _client: LoggingMeshClient
     _sink: MeshSink
     _stop_grace: float | None = None
+    _stop_flush: float = STOP_FLUSH
     _stop: trio.Event = attrs.field(factory=trio.Event)
     _ended: trio.Event = attrs.field(factory=trio.Event)
     #: Ranks that did not answer an end-of-cell flush: rank -> ``sink.heard`` then.
@@ -201,9 +207,11 @@ class NotebookMesh:
             check_timeout(grace, "grace")
         return call_for_cell(self._stop_and_wait, grace)
 
-    async def _stop_and_wait(self, grace: float | None = None) -> list[int]:
+    async def _stop_and_wait(self, grace: float | None = None,
+                             flush: float = STOP_FLUSH) -> list[int]:
         if not self._stop.is_set():
             self._stop_grace = grace
+            self._stop_flush = flush
             self._stop.set()
         await self._ended.wait()
         self._raise_failure()
@@ -211,10 +219,10 @@ class NotebookMesh:
 
     def set_mode(
         self,
+        stream_to_client: bool = True,
         aggregate_window_sec: float | None = None,
         level: int | str | None = logging.INFO,
         *,
-        stream_to_client: bool = True,
         across_ranks_only: bool = False,
     ) -> None:
         """Change the aggregation window and the ranks' logging level, as
@@ -319,7 +327,7 @@ def call_for_cell(fn: Any, *args: Any) -> Any:
     __tracebackhide__ = True
     try:
         return get_runtime().call(fn, *args)
-    except (ValueError, TypeError, OSError, LogmeshError) as exc:
+    except USER_ERRORS as exc:
         raise exc.with_traceback(None) from exc.__cause__
 
 
@@ -330,25 +338,32 @@ async def end_of_cell(timeout: float) -> None:
             nursery.start_soon(mesh.end_of_cell, timeout)
 
 
-async def stop_all(grace: float | None = None) -> None:
+async def stop_all(grace: float | None = None, flush: float = STOP_FLUSH) -> None:
     """Stop every live mesh and wait until each has ended (its last output shown)."""
     async with trio.open_nursery() as nursery:
         for mesh in list(LIVE):
-            nursery.start_soon(mesh._stop_and_wait, grace)
+            nursery.start_soon(mesh._stop_and_wait, grace, flush)
 
 
-async def stop_all_at_exit() -> None:
-    """The runtime is closing (the kernel exits): stop every mesh quickly, show nothing (the
-    kernel's streams are closing)."""
-    ROUTER.close()
-    await stop_all(EXIT_GRACE)
+async def stop_all_quickly() -> None:
+    """The runtime is closing: stop every mesh still live, with short waits."""
+    await stop_all(EXIT_GRACE, EXIT_FLUSH)
+
+
+_exit_hook_installed = False
 
 
 async def open_on_runtime(cmd: Sequence[str | os.PathLike[str]], procs: int, spec: dict[str, Any]) -> Any:
     """Start a mesh task in the runtime's nursery; return its handle once it runs."""
+    global _exit_hook_installed
     runtime = get_runtime()
-    if stop_all_at_exit not in runtime.before_close:
-        runtime.before_close.append(stop_all_at_exit)
+    if stop_all_quickly not in runtime.before_close:
+        runtime.before_close.append(stop_all_quickly)
+    if not _exit_hook_installed:
+        # Runs before the runtime closes (atexit runs the latest first): at interpreter exit
+        # the kernel's streams are closing, so the meshes' last words are not shown.
+        atexit.register(ROUTER.close)
+        _exit_hook_installed = True
     assert runtime._nursery is not None
     return await runtime._nursery.start(_serve_mesh, cmd, procs, spec)
 
@@ -378,7 +393,14 @@ async def _serve_mesh(
 
                     nursery.start_soon(finished)
                     await mesh._stop.wait()
-                    # Stop first, then leave: the client's last flush only waits for output.
+                    # What the ranks printed before stop() -- in their buffers too -- comes
+                    # out first (a SIGTERM would lose their buffers); then stop them, then
+                    # leave: the client's last flush only waits for their last output.
+                    with trio.move_on_after(mesh._stop_flush):
+                        try:
+                            await client.flush()
+                        except LogmeshError:
+                            pass
                     await pm.stop(mesh._stop_grace)
                     nursery.cancel_scope.cancel()
     except Exception as exc:
