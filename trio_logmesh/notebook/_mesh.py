@@ -309,6 +309,8 @@ def _ranks(ranks: Sequence[int]) -> str:
 
 def _silent_note(exc: FlushTimeout, timeout: float) -> str:
     missing = exc.missing_ranks
+    if not missing:  # every rank answered; the summaries of the window did not make it
+        return f"end of cell: the output did not all reach the cell within {timeout:g} s"
     why = "; ".join(f"rank {r} {exc.reasons[r]}" for r in missing[:4] if r in exc.reasons)
     more = f"; and {len(missing) - 4} more" if len(missing) > 4 else ""
     return (f"end of cell: no answer from {_ranks(missing)} within {timeout:g} s ({why}{more});"
