@@ -148,11 +148,17 @@ class CrossCheck:
     missing: list[str] = attrs.field(factory=list)
     twice: list[str] = attrs.field(factory=list)
     out_of_order: list[str] = attrs.field(factory=list)
+    #: Per cell (tag): the mesh's lines it shows, and how many of them are in the wrong cell.
+    per_cell: dict[int | None, list[int]] = attrs.field(factory=dict)
 
     @property
     def violations(self) -> int:
         return len(self.wrong_cell) + len(self.missing) + len(self.twice) + len(
             self.out_of_order)
+
+    def per_cell_summary(self) -> str:
+        return ", ".join(f"cell {tag}: {n} ({bad} wrong)"
+                         for tag, (n, bad) in self.per_cell.items())
 
     def summary(self) -> str:
         return (f"{self.lines_checked} lines in {self.cells} cells checked against the per-rank "
@@ -177,11 +183,15 @@ def cross_check(outputs: list[CellOutput], run_dir: str, size: int,
                 continue
             seen = True
             pieces[(rank, stream)].append((co.tag, text))
+            counts = check.per_cell.setdefault(co.tag, [0, 0])
+            counts[0] += 1
             m = TAG.match(text)
             if m and int(m["rank"]) != rank:
                 check.wrong_cell.append(f"cell {co.tag}: rank {rank} showed {text!r}")
+                counts[1] += 1
             elif m and int(m["cell"]) != co.tag:
                 check.wrong_cell.append(f"cell {co.tag}: {text!r}")
+                counts[1] += 1
         check.cells += seen
     width = len(str(size - 1))
     for rank in range(size):

@@ -124,7 +124,8 @@ def test_a_program_that_cannot_start_is_one_clear_error(executed):
 def test_every_line_is_in_the_cell_that_printed_it_once(executed):
     outputs, tmp = executed
     check = cross_check(outputs, os.path.join(tmp, "logs-a"), 3)
-    print(f"\ncross-check, mesh of 3 ranks over {len(outputs)} cells: {check.summary()}")
+    print(f"\ncross-check, mesh of 3 ranks over {len(outputs)} cells: {check.summary()}"
+          f"\nlines shown per cell: {check.per_cell_summary()}")
     assert (check.wrong_cell, check.missing, check.twice, check.out_of_order) == ([], [], [], [])
     # Every cell that told ranks to print shows each of those lines (none is missing above),
     # and the total is what the ranks were told to print.

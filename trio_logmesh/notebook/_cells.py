@@ -167,7 +167,7 @@ class CellRoute:
 
     def bind(self) -> list[tuple[Any, Any]]:
         """Make the current context's own writes (``print`` in a task) go to this cell;
-        return handles for :meth:`unbind`."""
+        return the handles to give back to :func:`reset_parent`."""
         if self.parent is None:
             return []
         targets = [self.out, self.err]
