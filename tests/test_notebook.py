@@ -13,7 +13,15 @@ import re
 
 import pytest
 
-from .notebook_kit import HELPERS, PY, WORKER, CellOutput, cross_check, read_outputs
+from .notebook_kit import (
+    HELPERS,
+    PY,
+    WORKER,
+    CellOutput,
+    cell_tag,
+    cross_check,
+    read_outputs,
+)
 
 nbformat = pytest.importorskip("nbformat", reason="the notebook tests need nbformat "
                                "(pip install -e '.[test]' or '.[notebook]')")
@@ -62,6 +70,8 @@ def notebook_cells(tmp: str) -> list[str]:
         f"                     log_dir={os.path.join(tmp, 'logs-b')!r}, name='agg',\n"
         "                     aggregate_window_sec=0.3, announce=False)\n"
         "b.say(11, steps=20)\ntime.sleep(0.6)\nb.say(11, steps=20)",
+        "# cell 18\nagg.set_mode(aggregate_window_sec=0.3, fold='repeats')\n"
+        "b.say(18, steps=20)\ntime.sleep(0.6)\nb.say(18, steps=20)",
         "# cell 12\npids = mesh.pids + agg.pids\nprint('codes', mesh.stop(), agg.stop())\n"
         "print('running', [p for p in pids if os.path.exists(f'/proc/{p}')])",
         "# cell 13\nlmnb.open_mesh(['/nonexistent/program'], procs=2)",
@@ -89,7 +99,9 @@ def executed(tmp_path_factory) -> tuple[list[CellOutput], str]:
     tmp = str(tmp_path_factory.mktemp("nb"))
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(src) for src in notebook_cells(tmp)]
-    nb.cells[13].metadata["tags"] = ["raises-exception"]
+    for cell in nb.cells:
+        if cell_tag(cell.source) == 13:  # the cell whose program cannot start
+            cell.metadata["tags"] = ["raises-exception"]
     client = nbclient.NotebookClient(nb, timeout=60, kernel_name="python3",
                                      resources={"metadata": {"path": tmp}})
     client.execute()
@@ -176,24 +188,47 @@ def test_an_exit_is_reported_in_the_cell_it_happened_in(executed):
     assert by_tag[10].results == ["3"]
 
 
-def test_summaries_go_into_one_display_per_cell_that_adds_up(executed):
-    outputs, tmp = executed
-    cell = {co.tag: co for co in outputs}[11]
+def summary_display(cell: CellOutput) -> tuple[list[str], list[int], list[str]]:
+    """The cell's one summary display: its tags, the count each stands for, the lines shown
+    as they are."""
     assert len(cell.displays) == 1
-    text = cell.displays[0]["text/plain"]
-    lines = text.splitlines()
-    assert lines[0] == "[logmesh] lines repeated across ranks in this cell (aggregated):"
-    counts = [int(m[1]) for m in (re.match(r"\[agg (\d+)x ranks [\d,-]+\] step", line)
-                                  for line in lines[1:]) if m]
-    assert len(counts) == len(lines) - 1 >= 1
+    lines = cell.displays[0]["text/plain"].splitlines()
+    assert lines[0] == "[logmesh] lines folded across ranks in this cell (aggregated):"
+    tags, counts = [], []
+    for line in lines[1:]:
+        m = re.match(r"\[agg ((?:(\d+)x )?ranks ([\d,-]+))\] step \d+(\.\.\d+)? loss ", line)
+        assert m, line
+        tags.append(m[1])
+        counts.append(int(m[2]) if m[2] else len(expand_ranks(m[3])))
     shown = [t for mesh, _, _, t in cell.lines if mesh == "agg"]
     assert all(t.startswith("step ") for t in shown)
+    return tags, counts, shown
+
+
+def expand_ranks(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def test_summaries_go_into_one_display_per_cell_that_adds_up(executed):
+    outputs, tmp = executed
+    by_tag = {co.tag: co for co in outputs}
     printed = 0
     for r in range(4):
         with open(os.path.join(tmp, "logs-b", f"rank-{r}.stdout.log")) as fh:
             printed += len(fh.read().splitlines())
-    assert printed == 4 * 40
-    assert len(shown) + sum(counts) == printed  # every line: shown, or counted in a summary
+    assert printed == 2 * 4 * 40
+    # Folding the ranks (the default): the k-th step line of the 4 ranks is one line.
+    tags, counts, shown = summary_display(by_tag[11])
+    assert tags and all(t == "ranks 0-3" for t in tags)
+    assert len(shown) + sum(counts) == 4 * 40  # every line: shown, or counted in a summary
+    # Folding repeats (set_mode(fold="repeats")): one line stands for many steps.
+    tags, counts, shown = summary_display(by_tag[18])
+    assert tags and any(c > 4 for c in counts)
+    assert len(shown) + sum(counts) == 4 * 40
 
 
 def test_stop_ends_every_rank_and_no_cell_gets_output_of_another(executed):

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..view._client import check_mode
+from ..view._client import Fold, check_fold, check_mode
 from ._cells import ROUTER, CellRoute, reset_parent
 from ._extension import ensure_hooks
 from ._mesh import NotebookMesh, call_for_cell, check_timeout, open_on_runtime, stop_all
@@ -26,7 +26,7 @@ def open_mesh(
     *,
     aggregate_window_sec: float | None = None,
     level: int | str | None = logging.INFO,
-    across_ranks_only: bool = False,
+    fold: Fold = "ranks",
     name: str | None = None,
     announce: bool = True,
     exit_timeout: float = 5.0,
@@ -42,7 +42,7 @@ def open_mesh(
     (``%load_ext trio_logmesh``).  In plain Python the lines go to ``sys.stdout`` and
     ``sys.stderr`` as they come.
 
-    ``aggregate_window_sec``, ``level`` and ``across_ranks_only`` are the client's mode
+    ``aggregate_window_sec``, ``level`` and ``fold`` are the client's mode
     (:meth:`~trio_logmesh.LoggingMeshClient.set_mode`); with a window, the repeats of a cell
     go into one display of that cell, updated in place.  ``name`` tags the lines of this mesh
     (``[name 3]``), for telling several meshes apart.  ``exit_timeout`` bounds the last flush
@@ -58,13 +58,14 @@ def open_mesh(
         if bad in options:
             raise TypeError(f"open_mesh() does not take {bad}=: the cells are the live view")
     check_mode(True, aggregate_window_sec, level)
+    check_fold(fold)
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a string or None, not {type(name).__name__}")
     check_timeout(exit_timeout, "exit_timeout")
     ensure_hooks()
     mesh: NotebookMesh = call_for_cell(open_on_runtime, cmd, procs, dict(
         aggregate_window_sec=aggregate_window_sec, level=level,
-        across_ranks_only=across_ranks_only, name=name, exit_timeout=exit_timeout,
+        fold=fold, name=name, exit_timeout=exit_timeout,
         env=env, options=options))
     if announce:
         print(f"logmesh: {mesh.size} rank(s), logs in {mesh.run_dir}", file=sys.stderr,

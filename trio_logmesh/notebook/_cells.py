@@ -41,7 +41,7 @@ HOLD_NOTES = 1_000
 #: Summary lines one cell's display keeps (the newest), at most.
 DISPLAY_LINES = 1_000
 
-DISPLAY_HEADER = "[logmesh] lines repeated across ranks in this cell (aggregated):"
+DISPLAY_HEADER = "[logmesh] lines folded across ranks in this cell (aggregated):"
 
 
 @attrs.frozen

@@ -26,7 +26,7 @@ import trio
 from .._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError
 from ..host._mesh import ProcMesh, open_proc_mesh
 from ..view._aggregate import fold_ranks
-from ..view._client import LoggingMeshClient, check_mode, open_logging_client
+from ..view._client import Fold, LoggingMeshClient, check_fold, check_mode, open_logging_client
 from ..view._records import GroupLine, LogLines, Notice, Output
 from ._cells import ROUTER, Piece, Router
 from ._runtime import USER_ERRORS, get_runtime
@@ -74,7 +74,10 @@ class MeshSink:
             elif isinstance(item, GroupLine):
                 for r in item.ranks:
                     heard[r] += 1
-                pieces.append(Piece("group", f"[{label}{item.prefix()[1:]} {item.text}\n"))
+                # A folded block (a traceback) is several lines: each carries the tag.
+                tag = f"[{label}{item.prefix()[1:]} "
+                pieces.append(Piece("group", tag + item.text.replace("\n", "\n" + tag) + "\n",
+                                    item.text.count("\n") + 1))
             elif isinstance(item, Notice):
                 if item.rank is not None:
                     heard[item.rank] += 1
@@ -223,17 +226,19 @@ class NotebookMesh:
         aggregate_window_sec: float | None = None,
         level: int | str | None = logging.INFO,
         *,
-        across_ranks_only: bool = False,
+        fold: Fold = "ranks",
     ) -> None:
-        """Change the aggregation window and the ranks' logging level, as
-        :meth:`LoggingMeshClient.set_mode` (``ValueError`` for a window without streaming)."""
+        """Change the aggregation window, how it folds and the ranks' logging level, as
+        :meth:`LoggingMeshClient.set_mode` (``ValueError`` for a window without streaming or
+        an unknown ``fold``)."""
         __tracebackhide__ = True
         check_mode(stream_to_client, aggregate_window_sec, level)
-        call_for_cell(self._set_mode, stream_to_client, aggregate_window_sec, level, across_ranks_only)
+        check_fold(fold)
+        call_for_cell(self._set_mode, stream_to_client, aggregate_window_sec, level, fold)
 
     async def _set_mode(self, stream: bool, window: float | None, level: int | str | None,
-                        across: bool) -> None:
-        self._client.set_mode(stream, window, level, across_ranks_only=across)
+                        fold: Fold) -> None:
+        self._client.set_mode(stream, window, level, fold=fold)
 
     def send_signal(self, sig: int, ranks: Iterable[int] | None = None) -> None:
         """Send ``sig`` to the ranks' process groups (all, or the given ranks)."""
@@ -382,7 +387,7 @@ async def _serve_mesh(
             sink = MeshSink(ROUTER, pm.size, spec["name"])
             async with open_logging_client(
                 pm, sink=sink, aggregate_window_sec=spec["aggregate_window_sec"],
-                level=spec["level"], across_ranks_only=spec["across_ranks_only"],
+                level=spec["level"], fold=spec["fold"],
                 exit_timeout=spec["exit_timeout"],
             ) as client:
                 mesh = NotebookMesh(spec["name"], pm, client, sink)
