@@ -227,21 +227,30 @@ def test_an_interrupt_stops_waiting_not_the_ranks(kernel, tmp_path):
     km, kc = kernel
     where = tmp_path / "cmd"
     where.mkdir()
-    ok(execute(kc, open_cell(str(where), 2, str(tmp_path / "logs"))))
+    # No periodic flush: what the ranks print stays in their buffers until a barrier.
+    ok(execute(kc, open_cell(str(where), 2, str(tmp_path / "logs"), flush_interval=0)))
     sent = []
+    dones = [where / f"done.0.{r}" for r in range(2)]
 
     def interrupt(kind: str, content: dict) -> None:
         if kind == "stream" and "waiting" in content.get("text", "") and not sent:
+            deadline = time.monotonic() + 10
+            while not all(d.exists() for d in dones) and time.monotonic() < deadline:
+                time.sleep(0.01)  # the ranks have printed (into their buffers)
             sent.append(time.monotonic())
-            time.sleep(0.3)
+            time.sleep(0.3)  # the cell is in mesh.wait() now
             km.interrupt_kernel()
 
-    reply = execute(kc, "print('waiting', flush=True)\nmesh.wait()", timeout=20,
-                    on_output=interrupt)
+    reply = execute(kc, "a.send(1, lines=3)\nprint('waiting', flush=True)\nmesh.wait()",
+                    timeout=20, on_output=interrupt)
     assert sent and reply.status == "error"
     assert [c["ename"] for _, kind, c in reply.outputs if kind == "error"] == [
         "KeyboardInterrupt"]
     assert reply.ended - sent[0] < 5
-    nxt = ok(execute(kc, "a.say(1, lines=1)\nprint(mesh.returncodes)"))
-    assert sorted(rank_lines(nxt)) == ["[0] r0 c1 n0", "[1] r1 c1 n0"]
+    # The interrupted cell still ended with its flush: what the ranks printed is in it.
+    assert sorted(rank_lines(reply)) == sorted(
+        f"[{r}] r{r} c1 n{i}" for r in range(2) for i in range(3))
+    assert "[logmesh]" not in reply.text("stderr")
+    nxt = ok(execute(kc, "a.say(2, lines=1)\nprint(mesh.returncodes)"))
+    assert sorted(rank_lines(nxt)) == ["[0] r0 c2 n0", "[1] r1 c2 n0"]
     assert "[None, None]" in nxt.lines()
