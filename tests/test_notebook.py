@@ -39,7 +39,8 @@ def notebook_cells(tmp: str) -> list[str]:
         os.makedirs(d)
     env = "{'PYTHONUNBUFFERED': None}"
     return [
-        "# cell 0\n%load_ext trio_logmesh\n%load_ext trio_logmesh\n"
+        "# cell 0\nimport os\nfds = [os.readlink(f'/proc/self/fd/{fd}') for fd in (1, 2)]\n"
+        "%load_ext trio_logmesh\n%load_ext trio_logmesh\n"
         "import trio_logmesh\ntrio_logmesh.load_ipython_extension(get_ipython())\n"
         "cbs = get_ipython().events.callbacks\n"
         "print('hooks', *[sum('CellHooks' in repr(f) for f in cbs[e])\n"
@@ -61,6 +62,10 @@ def notebook_cells(tmp: str) -> list[str]:
         "# cell 7\nos.kill(mesh.pids[2], signal.SIGSTOP)\nwait_stopped(mesh.pids[2])\n"
         "a.say(7, ranks=[0, 1], lines=3)",
         "# cell 8\na.say(8, ranks=[0, 1], lines=3)",
+        # Rank 2 speaks (and its line is shown: the flush), then stops again.
+        "# cell 19\nos.kill(mesh.pids[2], signal.SIGCONT)\na.say(19, ranks=[2], err_lines=1)\n"
+        "lmnb.run(mesh.client.flush, 10.0)\n"
+        "os.kill(mesh.pids[2], signal.SIGSTOP)\nwait_stopped(mesh.pids[2])",
         "# cell 9\nos.kill(mesh.pids[2], signal.SIGCONT)\na.say(9, lines=3)",
         "# cell 10\na.say(10, ranks=[1], lines=2, exit=3)\n"
         "lmnb.run(mesh.proc_mesh.wait_rank, 1)",
@@ -72,7 +77,9 @@ def notebook_cells(tmp: str) -> list[str]:
         "b.say(11, steps=20)\ntime.sleep(0.6)\nb.say(11, steps=20)",
         "# cell 18\nagg.set_mode(aggregate_window_sec=0.3, fold='repeats')\n"
         "b.say(18, steps=20)\ntime.sleep(0.6)\nb.say(18, steps=20)",
-        "# cell 12\npids = mesh.pids + agg.pids\nprint('codes', mesh.stop(), agg.stop())\n"
+        "# cell 12\npids = mesh.pids + agg.pids\n"
+        "print('kernel fds unchanged', fds == [os.readlink(f'/proc/self/fd/{fd}') for fd in (1, 2)])\n"
+        "print('codes', mesh.stop(), agg.stop())\n"
         "print('running', [p for p in pids if os.path.exists(f'/proc/{p}')])",
         "# cell 13\nlmnb.open_mesh(['/nonexistent/program'], procs=2)",
         "# cell 14\n%unload_ext trio_logmesh\n"
@@ -142,7 +149,7 @@ def test_every_line_is_in_the_cell_that_printed_it_once(executed):
     # Every cell that told ranks to print shows each of those lines (none is missing above),
     # and the total is what the ranks were told to print.
     assert check.lines_checked == 3 * 3 + 3 * 52 + 3 * 20 + 3 * 10 + 3 * 2 + 3 * 2 + 2 * 3 * 2 \
-        + 3 * 3 + 2
+        + 1 + 3 * 3 + 2
 
 
 def test_block_buffered_and_partial_lines_reach_their_cell(executed):
@@ -168,15 +175,20 @@ def test_async_and_blocking_cells_show_their_lines(executed):
 def test_a_stopped_rank_costs_one_timeout_and_one_line(executed):
     outputs, _ = executed
     by_tag = {co.tag: co for co in outputs}
-    first, later, resumed = by_tag[7], by_tag[8], by_tag[9]
+    first, later, spoke, resumed = by_tag[7], by_tag[8], by_tag[19], by_tag[9]
+    no_answer = (r"end of cell: no answer from rank 2 within 1 s \(rank 2 is stopped "
+                 r"\(SIGSTOP, Ctrl-Z or a debugger\)\); what it printed may show in a "
+                 r"later cell")
     assert len(first.notes) == 1
-    assert re.fullmatch(r"end of cell: no answer from rank 2 within 1 s \(rank 2 is stopped "
-                        r"\(SIGSTOP, Ctrl-Z or a debugger\)\); what it printed may show in a "
-                        r"later cell", first.notes[0]), first.notes
+    assert re.fullmatch(no_answer, first.notes[0]), first.notes
     assert first.seconds is not None and first.seconds >= CELL_TIMEOUT
     assert len(later.notes) == 1 and later.notes[0].startswith(
         "end of cell: rank 2 still silent (since an earlier cell; not waited for)")
     assert later.seconds is not None and later.seconds < CELL_TIMEOUT - 0.3
+    # It spoke since, then stopped again: it is waited for in full again, and named again.
+    assert spoke.lines == [("", 2, "stderr", "r2 c19 e0")]
+    assert len(spoke.notes) == 1 and re.fullmatch(no_answer, spoke.notes[0]), spoke.notes
+    assert spoke.seconds is not None and spoke.seconds >= CELL_TIMEOUT
     assert resumed.notes == []
     assert sorted({r for _, r, _, _ in resumed.lines}) == [0, 1, 2]
 
@@ -235,6 +247,7 @@ def test_stop_ends_every_rank_and_no_cell_gets_output_of_another(executed):
     outputs, _ = executed
     last = {co.tag: co for co in outputs}[12]
     assert last.other[-1] == "running []"
+    assert last.other[-3] == "kernel fds unchanged True"  # no redirection of the kernel's 1/2
     assert last.other[-2] == "codes [-15, 3, -15] [-15, -15, -15, -15]"
     assert all(co.errors == [] for co in outputs if co.tag != 13)
     assert not any("between cells" in n for co in outputs for n in co.notes)
