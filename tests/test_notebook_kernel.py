@@ -98,6 +98,33 @@ def test_lines_stream_live_during_a_blocking_cell_and_between_cells_are_held(ker
         assert mine == [f"[{r}] r{r} c3 n{i}" for i in range(5 - len(mine), 5)]
 
 
+def test_a_cells_folded_lines_are_one_display_updated_in_place(kernel, tmp_path):
+    _, kc = kernel
+    where = tmp_path / "cmd"
+    where.mkdir()
+    ok(execute(kc, open_cell(str(where), 2, str(tmp_path / "logs"), aggregate_window_sec=1.0)))
+    reply = ok(execute(kc, "for _ in range(3):\n    a.say(1, steps=5)\n    time.sleep(0.5)"))
+    shows = [(t, c) for t, kind, c in reply.outputs if kind == "display_data"]
+    updates = [(t, c) for t, kind, c in reply.outputs if kind == "update_display_data"]
+    assert len(shows) == 1 and len(updates) >= 2
+    display_id = shows[0][1]["transient"]["display_id"]
+    assert all(c["transient"]["display_id"] == display_id for _, c in updates)
+    assert reply.ended - shows[0][0] > 0.5  # shown while the cell ran, not at its end
+    states = [c["data"]["text/plain"].splitlines() for _, c in [shows[0], *updates]]
+    for old, new in zip(states, states[1:], strict=False):
+        assert new[:len(old)] == old  # each update adds lines to what was shown
+    final = states[-1]
+    assert final[0] == "[logmesh] lines folded across ranks in this cell (aggregated):"
+    # Each k-th step line of the two ranks is one line; the ranks' steps are lined up.
+    assert [re.sub(r" loss .*", "", line) for line in final[1:]] == [
+        f"[ranks 0-1] step {i}" for _ in range(3) for i in range(5)]
+    assert rank_lines(reply) == []
+    # A second, different display id for the next cell: its own display.
+    nxt = ok(execute(kc, "a.say(2, steps=1)"))
+    ids = [c["transient"]["display_id"] for _, kind, c in nxt.outputs if kind == "display_data"]
+    assert len(ids) == 1 and ids[0] != display_id
+
+
 def test_an_interrupt_during_the_end_of_cell_flush_cancels_that_flush_only(kernel, tmp_path):
     km, kc = kernel
     where = tmp_path / "cmd"
