@@ -190,13 +190,17 @@ def descendants(reply: Reply) -> list[int]:
     return [int(m[1]) for line in reply.lines() if (m := re.match(r"\[\d+\] child (\d+)$", line))]
 
 
-def test_a_kernel_restart_stops_every_rank(kernel, tmp_path):
+@pytest.mark.parametrize("end", ["restart", "shutdown"])
+def test_a_kernel_restart_or_shutdown_stops_every_rank(kernel, tmp_path, end):
     km, kc = kernel
     started = ok(execute(kc, trapping_cell(tmp_path)))
     pids = pids_of(started)
     kids = descendants(started)
     assert len(pids) == 2 and len(kids) == 2 and all(map(alive, pids + kids))
-    km.restart_kernel(now=False)
+    if end == "restart":
+        km.restart_kernel(now=False)
+    else:
+        km.shutdown_kernel(now=False)  # the frontend's shutdown request
     assert wait_gone(pids + kids) == []
     # The kernel's exit stopped them (SIGTERM reached every rank), not only the kill after.
     assert {"term.0", "term.1"} <= set(os.listdir(tmp_path))
