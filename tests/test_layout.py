@@ -3,12 +3,16 @@
 protocol imports only itself; host and view never import each other (the view is served
 through ``view/_port``'s seam, and ``trio_logmesh/__init__`` wires the mesh's
 ``logging_option`` to the client); child imports nothing of the package at all (it loads
-protocol modules by path); bench is imported by no one but ``logmesh bench``.
+protocol modules by path); bench is imported by no one but ``logmesh bench``; notebook (in
+the kernel, on top of host and view) by no one but the IPython extension's entry points, and
+only when they are called.
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import trio_logmesh
@@ -56,7 +60,8 @@ def test_layers_import_only_what_they_may():
         "view": {"view", "protocol", "top"},
         "cli": {"cli", "host", "view", "protocol", "top", "bench"},
         "bench": {"bench", "host", "view", "protocol", "top"},
-        "top": {"top", "host", "view", "protocol"},
+        "notebook": {"notebook", "host", "view", "protocol", "top"},
+        "top": {"top", "host", "view", "protocol", "notebook"},
     }
     bad = [
         (mod, target)
@@ -97,3 +102,29 @@ def test_the_benchmarks_are_imported_only_by_the_bench_command():
                  if any(t.startswith("trio_logmesh.bench") for t in targets)
                  and not mod.startswith("trio_logmesh.bench")}
     assert importers == {"trio_logmesh.cli._main"}
+
+
+def test_the_notebook_is_imported_only_by_the_extension_entry_points_when_called():
+    importers = {mod for mod, targets in _graph().items()
+                 if any(t.startswith("trio_logmesh.notebook") for t in targets)
+                 and not mod.startswith("trio_logmesh.notebook")}
+    assert importers == {"trio_logmesh"}
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    at_import_time = [n for n in tree.body if isinstance(n, ast.ImportFrom)
+                      and (n.module or "").startswith("notebook")]
+    lazy = {f.name for f in tree.body if isinstance(f, ast.FunctionDef)
+            for n in ast.walk(f) if isinstance(n, ast.ImportFrom)
+            and (n.module or "").startswith("notebook")}
+    assert at_import_time == []
+    assert lazy == {"load_ipython_extension", "unload_ipython_extension"}
+
+
+def test_importing_the_package_imports_neither_the_notebook_nor_ipython():
+    code = ("import sys, trio_logmesh\n"
+            "print(sorted(m for m in ('IPython', 'ipykernel', 'trio_logmesh.notebook')"
+            " if m in sys.modules))\n"
+            "import trio_logmesh.notebook\n"
+            "print(sorted(m for m in ('IPython', 'ipykernel') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "[]\n[]\n"

@@ -9,6 +9,8 @@ each Python rank), ``view`` (the driver's client, aggregation and sinks), ``cli`
 ``bench``.  The public names are re-exported here.
 """
 
+from typing import Any
+
 from ._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError
 from .host._launch import default_log_root
 from .host._mesh import ProcMesh, open_proc_mesh, register_view_factory
@@ -30,6 +32,26 @@ register_view_factory(LoggingMeshClient._for_mesh)
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext trio_logmesh``: each cell shows what the ranks printed while it ran.
+
+    Installs one pre-/post-cell hook pair in the shell (loading again keeps one); see
+    :mod:`trio_logmesh.notebook`.  The notebook support is imported only now, so importing
+    trio_logmesh never imports IPython.
+    """
+    from .notebook._extension import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext trio_logmesh``: removes the cell hooks (live meshes keep running)."""
+    from .notebook._extension import unload_ipython_extension as unload
+
+    unload(ipython)
+
+
 __all__ = [
     "CallableSink",
     "ChannelSink",
@@ -49,7 +71,9 @@ __all__ = [
     "TerminalSink",
     "default_log_root",
     "format_output",
+    "load_ipython_extension",
     "make_sink",
     "open_logging_client",
     "open_proc_mesh",
+    "unload_ipython_extension",
 ]

@@ -226,13 +226,16 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                 if number is not None:
                     link.set_level(st.rank, number)
 
-    async def flush(self, timeout: float | None = None) -> None:
+    async def flush(
+        self, timeout: float | None = None, *, ranks: Iterable[int] | None = None
+    ) -> None:
         """Wait until every byte each child wrote before this call has reached the sink.
 
         That includes output still in the child's ``sys.stdout`` buffer or C stdio, in the
         pipe, or a partial line (delivered as such).  A rank that has exited counts once its
         pipes reached EOF and that output was delivered.  Pending aggregated groups are printed
-        before it returns.  Concurrent flushes each complete.
+        before it returns.  Concurrent flushes each complete.  ``ranks`` limits the barrier
+        to those ranks (default: every rank); ``ValueError`` for a rank outside the mesh.
 
         Raises :class:`~trio_logmesh.FlushTimeout` (with ``missing_ranks`` and ``reasons``) if
         ``timeout`` seconds pass first, :class:`~trio_logmesh.ClientClosed` on a client closed
@@ -241,6 +244,10 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         """
         if timeout is not None and not (isinstance(timeout, (int, float)) and timeout >= 0):
             raise ValueError(f"timeout must be None or a number >= 0, not {timeout!r}")
+        wanted = None if ranks is None else frozenset(ranks)
+        if wanted is not None and not wanted <= set(range(len(self._states))):
+            bad = sorted(wanted - set(range(len(self._states))))
+            raise ValueError(f"ranks {bad} are not in a mesh of {len(self._states)}")
         self._check_open()
         link = self._link
         assert link is not None
@@ -248,7 +255,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
             return  # every rank's output ended and was delivered: nothing to wait for
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         version = link.new_version()
-        pending = {st.rank for st in self._states if not st.ended}
+        pending = {st.rank for st in self._states
+                   if not st.ended and (wanted is None or st.rank in wanted)}
         barrier = self._barriers[version] = _Barrier(version, pending)
         try:
             for r in sorted(pending):
