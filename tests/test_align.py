@@ -198,6 +198,14 @@ def test_a_line_shown_without_a_rank_is_not_paired_with_its_next_line() -> None:
                           "[ranks 0-1] step 15 loss 0.5..0.6",
                           "[ranks 2-3] step 15 loss 0.2..0.3",
                           "[ranks 0-3] step 16 loss 0.3..0.8"]
+    # The same for ranks that had not printed the kind at all when the flush came.
+    agg = Aligner(2.0, range(3))
+    out = agg.add(batch(1, "Loading shard 1/4"), 0.0) + agg.drain(0.1)
+    out += agg.add(batch(1, "Loading shard 2/4"), 0.2)
+    out += agg.add(batch(0, "Loading shard 1/4", "Loading shard 2/4"), 0.3)
+    out += agg.add(batch(2, "Loading shard 1/4", "Loading shard 2/4"), 0.3)
+    assert texts(out) == ["[1] Loading shard 1/4", "[ranks 0,2] Loading shard 1/4",
+                          "[ranks 0-2] Loading shard 2/4"]
     # A rank far behind (past the window) shows its own lines, never folded into later steps.
     agg = Aligner(1.0, range(2))
     out = agg.add(batch(0, "step 0 x 0"), 0.0) + agg.add(batch(1, "step 0 x 0"), 0.0)

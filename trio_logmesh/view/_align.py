@@ -205,9 +205,19 @@ class Aligner:
         out: list[Output] = []
         for key in list(self._open_blocks):
             self._close_block(key, now, out)
+        # A slot cut short here still expects its waiting ranks: their line for it, when it
+        # comes, is late for that slot, not the first of their next one (a rank that has not
+        # printed the kind yet starts counting there).
+        start: dict[tuple[Any, int], int] = {}
         for slots in self._fifo.values():
             for slot in slots:
+                if slot.key is not None and not slot.forced:
+                    for w in slot.waiting:
+                        k = (slot.key, w)
+                        start[k] = min(start.get(k, slot.pos), slot.pos)
                 slot.forced = True
+        for (key, w), pos in start.items():
+            self._kinds[key].cursor.setdefault(w, pos)
         self._pump(out, all_ranks=True)
         for board in self._boards.values():
             if board.due is not None:
