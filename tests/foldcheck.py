@@ -109,6 +109,8 @@ def _fields(line: str) -> tuple[list[str], list[str]]:
 
 
 def _check_line(shown: str, line: str, rank: int, stats: Stats) -> None:
+    # Trailing whitespace is invisible and not part of a line's template.
+    shown, line = shown.rstrip(), line.rstrip()
     parts, values = _fields(line)
     groups = [_BAR_GROUP if "%|" in v else _VALUE_GROUP for v in values]
     pattern = re.escape(parts[0]) + "".join(

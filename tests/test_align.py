@@ -216,6 +216,14 @@ def test_a_line_shown_without_a_rank_is_not_paired_with_its_next_line() -> None:
                           "[0] step 3 x 3", "[1] step 1 x 9"]
 
 
+def test_lines_differing_only_in_trailing_spaces_fold() -> None:
+    agg = Aligner(2.0, range(2))  # tqdm pads a bar's last state with spaces
+    out = agg.add(batch(0, "epoch 0: 100%|██████████| 30/30 [00:01<00:00, 19.90it/s]  "), 0.0)
+    out += agg.add(batch(1, "epoch 0: 100%|██████████| 30/30 [00:01<00:00, 19.87it/s]"), 0.1)
+    assert texts(out) == [
+        "[ranks 0-1] epoch 0: 100%|██████████| 30/30 [00:01<00:00, 19.87..19.90it/s]"]
+
+
 def test_progress_states_fold_by_each_ranks_latest_state() -> None:
     agg = Aligner(2.0, range(3))
     bars = {0: " 50%|█████     | 50/100", 1: " 28%|██▊       | 28/100", 2: " 90%|█████████ | 90/100"}

@@ -32,7 +32,9 @@ different values.  So the engine lines the ranks' output up, line by line:
   is kept, and the bar's ranks are shown together at most once per window, drawn as the least
   advanced rank's bar (``_spread``).  A bar's final line is a line like any other.
 
-A slot of one rank prints as that rank's own lines.  A line slot shows its template with each
+Trailing whitespace (tqdm pads a bar's last state) is not part of a template: lines differing
+only in it fold together, shown without it.  A slot of one rank prints as that rank's own
+lines.  A line slot shows its template with each
 field's values over the slot's ranks (``_spread``: exact, never sampled, never a value no rank
 printed); a block slot holds one exact text, shown once with its ranks.
 """
@@ -345,7 +347,7 @@ class Aligner:
         if is_block:
             key: Any = (stream, "\n".join(clean))
         else:
-            info = self._shapes.shape(clean[0].translate(TO_ZERO), "\n")
+            info = self._shapes.shape(clean[0].rstrip().translate(TO_ZERO), "\n")
             u.spans = info.spans
             key = (stream, info.template)
         board = self._bar_of.pop((rank, stream), None)
@@ -552,7 +554,7 @@ class Aligner:
     def _progress(self, batch: LogLines, now: float) -> None:
         line = batch.lines[-1]
         clean = strip_ansi(line)
-        info = self._shapes.shape(clean.translate(TO_ZERO), "\n")
+        info = self._shapes.shape(clean.rstrip().translate(TO_ZERO), "\n")
         key = (batch.stream, info.template)
         board = self._boards.get(key)
         if board is None:
@@ -590,7 +592,7 @@ def _fold_line(template: Template, shapes: ShapeCache, units: list[_Unit]) -> st
     columns: list[list[str]] = [[] for _ in template.types]
     for u in units:
         line = u.clean[0]
-        spans = u.spans or shapes.shape(line.translate(TO_ZERO), "\n").spans
+        spans = u.spans or shapes.shape(line.rstrip().translate(TO_ZERO), "\n").spans
         for column, (start, end) in zip(columns, spans, strict=True):
             column.append(line[start:end])
     ranks = [u.rank for u in units]
