@@ -30,10 +30,18 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 
-from .._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError, leaf_errors, surface
+from .._errors import (
+    ClientClosed,
+    ClientReplaced,
+    FlushTimeout,
+    HostLost,
+    LogmeshError,
+    leaf_errors,
+    surface,
+)
 from .._levels import level_number
-from ..protocol._frames import Exit, Log, Mark
-from ._aggregate import Aggregator
+from ..protocol._frames import Exit, Log, Lost, Mark
+from ._aggregate import Aggregator, fold_ranks
 from ._decode import RankState
 from ._port import Delivery, MeshPort, ViewLink
 from ._records import Notice, Output
@@ -104,6 +112,8 @@ class _Barrier:
     pending: set[int]
     #: Ranks whose marker the view task has handled (their output may still wait for the sink).
     seen: set[int] = attrs.field(factory=set)
+    #: Ranks whose host was lost before their marker came: the barrier fails at once.
+    lost: set[int] = attrs.field(factory=set)
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
@@ -218,7 +228,9 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         before it returns.  Concurrent flushes each complete.
 
         Raises :class:`~trio_logmesh.FlushTimeout` (with ``missing_ranks`` and ``reasons``) if
-        ``timeout`` seconds pass first, :class:`~trio_logmesh.ClientClosed` on a client closed
+        ``timeout`` seconds pass first; its subclass :class:`~trio_logmesh.HostLost` (with
+        ``missing_hosts``) at once when a host of the run is lost, and on every later call;
+        :class:`~trio_logmesh.ClientClosed` on a client closed
         while ranks still ran and :class:`~trio_logmesh.ClientReplaced` on a client whose
         ranks a newer one took over.  Cancelling it abandons only this barrier.
         """
@@ -227,6 +239,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         self._check_open()
         link = self._link
         assert link is not None
+        if any(st.lost for st in self._states):
+            raise self._host_lost(0, set())
         if self._done.is_set():
             return  # every rank's output ended and was delivered: nothing to wait for
         deadline = math.inf if timeout is None else trio.current_time() + timeout
@@ -242,6 +256,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
             with trio.move_on_at(deadline):
                 await barrier.done.wait()
             self._check_open()
+            if barrier.lost:
+                raise self._host_lost(version, barrier.pending | barrier.lost, barrier)
             if barrier.pending:
                 missing = sorted(barrier.pending)
                 reasons = {r: self._silence(barrier, r) for r in missing}
@@ -259,6 +275,18 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                         raise FlushTimeout(version, [], timeout or 0.0)
         finally:
             del self._barriers[version]
+
+    def _host_lost(self, version: int, missing: set[int],
+                   barrier: _Barrier | None = None) -> HostLost:
+        """The error for a barrier that lost hosts: every lost rank and ``missing`` ones."""
+        states = self._states
+        lost = {st.rank for st in states if st.lost}
+        hosts = {states[r].host or states[r].hostname: states[r].lost or "" for r in lost}
+        ranks = sorted(lost | missing)
+        reasons = {r: f"its host {states[r].host or states[r].hostname} was lost"
+                   if r in lost else (self._silence(barrier, r) if barrier else "")
+                   for r in ranks}
+        return HostLost(hosts, ranks, version, reasons)
 
     def _silence(self, barrier: _Barrier, rank: int) -> str:
         """Why ``rank`` has not acknowledged ``barrier``: the host's account, or the sink's."""
@@ -339,6 +367,9 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                     self._link = await nursery.start(self._serve, inbox_send)
                     for st in self._states:
                         st.hostname, st.pid = self._link.origin(st.rank)
+                    if len({st.hostname for st in self._states}) > 1:
+                        for st in self._states:  # lines say which host they came from
+                            st.host = st.hostname
                     nursery.start_soon(self._window_timer)
                     view_scope = trio.CancelScope()
                     nursery.start_soon(self._watch_replaced, view_scope)
@@ -438,6 +469,7 @@ class LoggingMeshClient(trio.abc.AsyncResource):
     def _handle(self, delivery: Delivery, out: list[Output | _Signal]) -> None:
         """Turn one delivery's frames into output and signals, in order."""
         states = self._states
+        lost: dict[tuple[str, str], list[int]] = {}
         for rank, frames in delivery:
             st = states[rank]
             for frame in frames:
@@ -458,10 +490,29 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                         # The rank's last lines before its exit notice, not after it.
                         out.extend(agg.drain(trio.current_time()))
                     if frame.code != 0:
-                        out.append(Notice("stderr", _exit_text(rank, frame.code), rank,
+                        where = f" on {st.host}" if st.host else ""
+                        out.append(Notice("stderr", _exit_text(rank, frame.code) + where, rank,
                                           time.time()))
                     out.append(_Ended(rank))
+                elif isinstance(frame, Lost):
+                    # Its host is gone: the rank's output ends here, without an exit.  A
+                    # barrier waiting for it fails now, not at its timeout.
+                    st.finished = True
+                    st.lost = frame.reason
+                    lost.setdefault((frame.host, frame.reason), []).append(rank)
+                    for barrier in self._barriers.values():
+                        if rank in barrier.pending:
+                            barrier.lost.add(rank)
+                            barrier.done.set()
+                    agg = self._aggregator
+                    if agg is not None and agg.holds(rank):
+                        out.extend(agg.drain(trio.current_time()))
+                    out.append(_Ended(rank))
                 st.last_seq = frame.seq
+        for (host, reason), ranks in lost.items():
+            out.append(Notice("stderr", f"host {host} was lost ({reason}): rank(s) "
+                                        f"{fold_ranks(ranks)} ended without their exit",
+                              None, time.time()))
 
     def _log(self, st: RankState, frame: Log, out: list[Output | _Signal]) -> None:
         if not self._streams(st.rank):
