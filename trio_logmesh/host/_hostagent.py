@@ -92,6 +92,7 @@ class HostAgent:
     _stop_wake: trio.Event = attrs.field(factory=trio.Event)
     _session_nursery: trio.Nursery | None = None
     _inbox: trio.MemoryReceiveChannel[Delivery] | None = None
+    _early: list[tuple] = attrs.field(factory=list)
     _outboxes: list = attrs.field(factory=list)
     _epoch_scope: trio.CancelScope | None = None
 
@@ -241,12 +242,12 @@ class HostAgent:
                 if self.node_rank == 0 and first:
                     info["master_port"] = free_port(address)
                 await stream.send_all(conn.join(self.node_rank, info))
-                while True:
-                    for event in await io.receive():
-                        if event[0] == w.REFUSE:
-                            raise LinkRefused(f"the driver refused node {self.node_rank}: "
-                                              f"{event[1]}")
-                        return io, event[1]
+                events = await io.receive()
+                if events[0][0] == w.REFUSE:
+                    raise LinkRefused(f"the driver refused node {self.node_rank}: "
+                                      f"{events[0][1]}")
+                self._early = events[1:]  # what came with the answer: the session's first
+                return io, events[0][1]
             except BaseException:
                 await io.aclose()
                 raise
@@ -301,6 +302,9 @@ class HostAgent:
                     for rank, text in self.tails.items():
                         io.send(io.conn.tail(self.first_rank + rank, text))
                 try:
+                    early, self._early = self._early, []
+                    for event in early:
+                        await self._handle(io, event)
                     while True:
                         for event in await io.receive():
                             self.last_heard = io.last_heard

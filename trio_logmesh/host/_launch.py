@@ -96,8 +96,9 @@ def make_run_dir(log_root: str | os.PathLike[str] | None, keep_runs: int,
     if keep_runs > 0:
         runs = sorted(n for n in os.listdir(root)
                       if _RUN_NAME.match(n) and os.path.isdir(os.path.join(root, n)))
-        for name in runs[: max(0, len(runs) - (keep_runs - 1))]:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        for old in runs[: max(0, len(runs) - (keep_runs - 1))]:
+            if old != name:  # another host of this run made it already
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     if name is not None:
         if not _RUN_NAME.match(name):
             raise ValueError(f"a run's name must look like {new_run_name()!r}, not {name!r}")

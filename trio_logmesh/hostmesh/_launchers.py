@@ -80,7 +80,7 @@ def plan_launch(
         return [LaunchPlan("srun",
                            [*srun, f"--nodes={nnodes}", f"--ntasks={nnodes}",
                             "--ntasks-per-node=1", "--kill-on-bad-exit=0", "--input=none",
-                            *agent, "--join-env"],
+                            *agent],
                            {"LOGMESH_JOIN": join.dumps()}, False, tuple(range(nnodes)))]
     raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
 

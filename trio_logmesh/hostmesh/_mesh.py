@@ -237,6 +237,13 @@ class HostMesh:
                 return codes  # type: ignore[return-value]
             await self._changed.wait()
 
+    async def wait_survivors(self) -> list[int | None]:
+        """Wait until every rank whose host was not lost exited; return the codes by rank
+        (None for ranks of lost hosts)."""
+        while any(c is None and h.lost is None for h in self.hosts for c in h.returncodes):
+            await self._changed.wait()
+        return self.returncodes
+
     def send_signal(self, sig: int, ranks: Sequence[int] | None = None) -> None:
         """Send ``sig`` to the ranks' process groups (all, or the given ranks), on their
         hosts.  Hosts not connected right now miss it."""
