@@ -9,9 +9,10 @@ each Python rank), ``view`` (the driver's client, aggregation and sinks), ``cli`
 ``bench``.  The public names are re-exported here.
 """
 
-from ._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError
+from ._errors import ClientClosed, ClientReplaced, FlushTimeout, HostLost, LogmeshError
 from .host._launch import default_log_root
 from .host._mesh import ProcMesh, open_proc_mesh, register_view_factory
+from .hostmesh._mesh import HostMesh, open_host_mesh
 from .view._client import LoggingMeshClient, open_logging_client
 from .view._records import GroupLine, LogLines, Notice, Output, format_output
 from .view._sinks import (
@@ -38,6 +39,8 @@ __all__ = [
     "FileSink",
     "FlushTimeout",
     "GroupLine",
+    "HostLost",
+    "HostMesh",
     "JsonSink",
     "LogLines",
     "LoggingMeshClient",
@@ -50,6 +53,7 @@ __all__ = [
     "default_log_root",
     "format_output",
     "make_sink",
+    "open_host_mesh",
     "open_logging_client",
     "open_proc_mesh",
 ]

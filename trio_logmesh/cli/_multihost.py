@@ -206,6 +206,13 @@ def lost_lines(mesh: Any) -> list[str]:
     return [f"logmesh: {h.describe_ranks()} was lost: {h.lost}" for h in mesh.hosts if h.lost]
 
 
+def lost_ranks(mesh: Any) -> set[int]:
+    """The ranks of lost hosts."""
+    if not isinstance(mesh, HostMesh):
+        return set()
+    return {r for h in mesh.hosts if h.lost for r in h.ranks}
+
+
 def lost_status(mesh: Any) -> int | None:
     """The exit status of a run that lost a host (1), or None."""
     return 1 if isinstance(mesh, HostMesh) and mesh.lost_hosts else None

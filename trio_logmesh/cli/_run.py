@@ -114,9 +114,9 @@ def summary(mesh: ProcMesh, codes: Sequence[int | None], outcome: Outcome) -> li
             for line in mesh.stderr_tail(r):
                 out.append(f"logmesh:   [{r}] {line}")
     out.extend(mh.lost_lines(mesh))
-    if outcome.stopped and not outcome.output_closed:  # a closed pipe ends quietly
-        out.append(f"logmesh: stopped rank(s) {fold_ranks(outcome.stopped)} "
-                   f"({outcome.reason})")
+    stopped = outcome.stopped - mh.lost_ranks(mesh)
+    if stopped and not outcome.output_closed:  # a closed pipe ends quietly
+        out.append(f"logmesh: stopped rank(s) {fold_ranks(stopped)} ({outcome.reason})")
     for path, error, kept in mesh.incomplete_files:
         out.append(f"logmesh: {path} is incomplete: {error.strerror or error} after "
                    f"{kept:,} bytes")
@@ -344,6 +344,8 @@ async def run_command(args: argparse.Namespace) -> int:
                         timeout = FINAL_FLUSH_INTERRUPTED if outcome.signal else FINAL_FLUSH
                         try:
                             await client.flush(timeout=timeout)
+                        except HostLost:
+                            pass  # the view said so, and the summary names the host
                         except LogmeshError as exc:  # a report, not a reason to lose the status
                             await say(f"logmesh: {exc}")
                 client.close_timeout = 1.0 if (sup.stopping or main.cancel_called) else 5.0

@@ -313,14 +313,14 @@ class HostAgent:
                             await trio.sleep_forever()  # until run() cancels us, BYE sent
                 except EOFError:
                     reason = "the driver closed it"
-                except trio.BrokenResourceError as exc:
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     reason = f"broken: {exc.__cause__ or exc}"
                 except ProtocolError as exc:
                     reason = f"protocol error: {exc}"
                 except DriverGone as exc:
                     reason = str(exc)
                 nursery.cancel_scope.cancel()
-        except trio.BrokenResourceError as exc:  # the writer's
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:  # the writer's
             reason = f"broken: {exc.__cause__ or exc}"
         finally:
             self._session_nursery = None

@@ -256,10 +256,12 @@ def child_env(
         if key not in USER_SETTABLE or key not in env:
             env[key] = value
     env.update(BOOTSTRAP_LOG_CHANNEL=channel, LOGMESH_RUN_DIR=run_dir)
-    for key in ("LOGMESH_AGENT", "LOGMESH_TOKEN", "LOGMESH_LEVEL", "LOGMESH_FLUSH_INTERVAL"):
+    for key in ("LOGMESH_AGENT", "LOGMESH_TOKEN", "LOGMESH_LEVEL", "LOGMESH_FLUSH_INTERVAL",
+                "LOGMESH_RANK", "LOGMESH_JOIN"):
         env.pop(key, None)
     if agent:
         env["LOGMESH_AGENT"] = "1"
+        env["LOGMESH_RANK"] = str(rank)
         env["LOGMESH_TOKEN"] = token.hex()
         env["LOGMESH_FLUSH_INTERVAL"] = repr(flush_interval)
         if level is not None:

@@ -306,12 +306,12 @@ async def serve_connection(host: HostLink, io: LinkIO, heartbeat: float,
                     host.handle(events)
             except EOFError:
                 reason = "the agent closed the connection"
-            except trio.BrokenResourceError as exc:
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 reason = f"the connection broke ({exc.__cause__ or exc})"
             except ProtocolError as exc:
                 reason = f"protocol error: {exc}"
             nursery.cancel_scope.cancel()
-    except trio.BrokenResourceError as exc:  # the writer's
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:  # the writer's
         reason = f"the connection broke ({exc.__cause__ or exc})"
     finally:
         if host.io is io:

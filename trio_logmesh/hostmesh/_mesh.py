@@ -363,8 +363,7 @@ class HostMesh:
                                         f"{how}")
 
     async def _give_up(self, host: HostLink, reason: str) -> None:
-        host.give_up(reason)
-        self.say(f"{host.describe_ranks()} lost: {reason}")
+        host.give_up(reason)  # the view says so, behind what the host delivered
         io = host.io
         if io is not None:  # an agent that comes back finds the door shut
             host.io = None
@@ -392,7 +391,8 @@ class HostMesh:
             return
         except (trio.BrokenResourceError, trio.TooSlowError, EOFError, OSError) as exc:
             cause = exc.__cause__ or exc
-            self.say(f"a connection from {peer} failed before joining: {cause or 'timeout'}")
+            self.say(f"a connection from {peer} failed before joining (another run's join "
+                     f"document, or not an agent?): {cause or 'timeout'}")
             await io.aclose()
             return
         _, node, info = events[0]
@@ -607,7 +607,7 @@ async def open_host_mesh(
                 launched = _launchers.start_plans(plans, join)
                 for one in launched:
                     nursery.start_soon(_launchers.run_launched, one, say)
-                if launcher == "none":
+                if launcher == "none" and on_listening is None:
                     say(f"waiting for {nnodes} agent(s) at {advertised}:{port}: on each host "
                         f"run 'logmesh agent --join FILE --node-rank I' with the join "
                         f"document" + (f" ({os.fspath(join_file)})" if join_file else ""))

@@ -9,7 +9,9 @@ It is a secret: whoever holds the token may join the run -- it never goes on a c
 
 from __future__ import annotations
 
+import hashlib
 import json
+import ssl
 
 import attrs
 
@@ -79,4 +81,12 @@ class JoinInfo:
             raise JoinError("bad join document: port or nnodes out of range")
         if not (info.cert or info.ca):
             raise JoinError("bad join document: neither a certificate nor a CA to trust")
+        if info.cert:
+            try:
+                der = ssl.PEM_cert_to_DER_cert(info.cert)
+            except ValueError:
+                raise JoinError("bad join document: its certificate is not PEM") from None
+            if info.fingerprint and hashlib.sha256(der).hexdigest() != info.fingerprint.lower():
+                raise JoinError("its certificate does not match its fingerprint: the document "
+                                "was altered")
         return info

@@ -229,7 +229,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
 
         Raises :class:`~trio_logmesh.FlushTimeout` (with ``missing_ranks`` and ``reasons``) if
         ``timeout`` seconds pass first; its subclass :class:`~trio_logmesh.HostLost` (with
-        ``missing_hosts``) at once when a host of the run is lost, and on every later call;
+        ``missing_hosts``) at once when a host of the run is lost while it waits, and after
+        every later barrier (which still covers the other hosts' ranks);
         :class:`~trio_logmesh.ClientClosed` on a client closed
         while ranks still ran and :class:`~trio_logmesh.ClientReplaced` on a client whose
         ranks a newer one took over.  Cancelling it abandons only this barrier.
@@ -239,9 +240,9 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         self._check_open()
         link = self._link
         assert link is not None
-        if any(st.lost for st in self._states):
-            raise self._host_lost(0, set())
         if self._done.is_set():
+            if any(st.lost for st in self._states):
+                raise self._host_lost(0, set())
             return  # every rank's output ended and was delivered: nothing to wait for
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         version = link.new_version()
@@ -256,7 +257,7 @@ class LoggingMeshClient(trio.abc.AsyncResource):
             with trio.move_on_at(deadline):
                 await barrier.done.wait()
             self._check_open()
-            if barrier.lost:
+            if barrier.lost or (not barrier.pending and any(st.lost for st in self._states)):
                 raise self._host_lost(version, barrier.pending | barrier.lost, barrier)
             if barrier.pending:
                 missing = sorted(barrier.pending)
