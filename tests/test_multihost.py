@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -341,3 +343,125 @@ async def test_a_short_stop_of_an_agent_loses_nothing(tmp_path):
     for r in range(4):
         got = sink.lines(r)
         assert got == [f"r{r} tick {i}" for i in range(len(got))] and got
+
+
+# -- partitions that heal --------------------------------------------------------------------
+class Proxy:
+    """A TCP relay on loopback between agents and the driver that the test can break: ``hold``
+    stops relaying (a partition: nothing arrives, nothing is refused), ``cut`` then resets
+    every connection it relays; connections made afterwards go through again."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.held = False
+        self._pairs: list[tuple[trio.SocketStream, trio.SocketStream]] = []
+        self._flowing = trio.Event()
+        self._flowing.set()
+        self.connections = 0
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._relay, listeners)
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        pair = (client, server)
+        self._pairs.append(pair)
+
+        async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+            try:
+                while True:
+                    data = await src.receive_some(65536)
+                    if not data:
+                        break
+                    while self.held:
+                        await self._flowing.wait()
+                    await dst.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            nursery.cancel_scope.cancel()  # one side gone: the relay is over
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump, client, server)
+                nursery.start_soon(pump, server, client)
+        finally:
+            for stream in pair:
+                await trio.aclose_forcefully(stream)
+
+    def hold(self) -> None:
+        self.held = True
+        self._flowing = trio.Event()
+
+    async def cut(self) -> None:
+        """Reset every relayed connection (RST: SO_LINGER 0) and flow again."""
+        pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for stream in pair:
+                stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                         struct.pack("ii", 1, 0))
+                await trio.aclose_forcefully(stream)
+        self.held = False
+        self._flowing.set()
+
+
+async def test_a_broken_link_resumes_without_loss_or_duplication(tmp_path):
+    join_file = tmp_path / "run.join"
+    progress = tmp_path / "p"
+    progress.mkdir()
+    agents: list[trio.Process] = []
+
+    async with trio.open_nursery() as nursery:
+        async def start_agents_through(proxy: Proxy) -> None:
+            while not join_file.exists():
+                await trio.sleep(0.02)
+            await nursery.start(proxy.run)
+            doc = json.loads(join_file.read_text())
+            doc["port"] = proxy.port  # the agents dial the relay; the certificate is the same
+            proxied = tmp_path / "proxied.join"
+            proxied.write_text(json.dumps(doc))
+            os.chmod(proxied, 0o600)
+            for node in range(2):
+                agents.append(await trio.lowlevel.open_process(
+                    [*AGENT, "--join", str(proxied), "--node-rank", str(node)]))
+
+        proxy = Proxy(0)
+
+        async def find_port_then_start() -> None:
+            while not join_file.exists():
+                await trio.sleep(0.02)
+            proxy.target_port = JoinInfo.loads(join_file.read_text()).port
+            await start_agents_through(proxy)
+
+        nursery.start_soon(find_port_then_start)
+        async with hosts_run(tmp_path, [PY, "-c", FLUSHER], 2, 2, launcher="none",
+                             join_file=join_file, rdzv_endpoint="127.0.0.1:0", dead_after=8.0,
+                             env={"PROGRESS": str(progress)}) as (mesh, client, sink, notes):
+            with trio.fail_after(30):
+                while not all(printed(progress, r) for r in range(4)):
+                    await trio.sleep(0.05)
+            await client.flush(timeout=30)
+            for _ in range(2):  # two partitions, each healed by a reconnection
+                proxy.hold()
+                await trio.sleep(1.0)  # the ranks print on; the link carries nothing
+                await proxy.cut()
+                before = {r: printed(progress, r) for r in range(4)}
+                await client.flush(timeout=30)
+                for r in range(4):
+                    assert len(sink.lines(r)) >= before[r]
+            mesh.send_signal(signal.SIGTERM)
+            await mesh.wait()
+        nursery.cancel_scope.cancel()
+    for agent in agents:
+        with trio.fail_after(20):
+            assert await agent.wait() == 0
+    assert mesh.lost_hosts == {}
+    assert proxy.connections >= 6  # two agents, three connections each
+    assert sum("reconnected" in n for n in notes) == 4
+    for r in range(4):
+        got = sink.lines(r)
+        assert got == [f"r{r} tick {i}" for i in range(len(got))] and len(got) >= 10
