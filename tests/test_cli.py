@@ -199,7 +199,9 @@ def test_quickstart_example_streams_aggregates_and_reports_the_failure(tmp_path)
     res = run(["run", "-n", "4", "--window", "2", "--", sys.executable, "examples/train_sim.py"],
               tmp_path, {"TRAIN_SIM_STEPS": "12", "TRAIN_SIM_DELAY": "0.01"})
     assert res.returncode == 1
-    assert re.search(r"^\[\d+x ranks 0-3\] step \d+\.\.\d+ loss ", res.stdout, re.M), res.stdout
+    # One line per step, the ranks lined up, each step's own number, the loss over the ranks.
+    steps = re.findall(r"^\[ranks 0-3\] step (\d+) loss \d\.\d+\.\.\d\.\d+ ", res.stdout, re.M)
+    assert steps == [str(i) for i in range(12)], res.stdout
     assert "[3] RuntimeError: rank 3: simulated failure after training" in res.stderr
     assert "[logmesh] rank 3 exited with code 1" in res.stderr
     assert "logmesh: 1 of 4 rank(s) failed: rank 3 (exit 1)" in res.stderr
@@ -214,16 +216,32 @@ def test_embed_example_runs_as_written(tmp_path):
     assert "DEBUG rank" in res.stdout + res.stderr
 
 
-def test_across_ranks_only_never_collapses_a_ranks_own_repeats(tmp_path):
+def test_fold_repeats_collapses_a_ranks_own_repeats_and_counts_them(tmp_path):
     script = "import os; [print('same line') for _ in range(3)]"
-    res = run(["run", "-n", "2", "--json", "--window", "30", "--across-ranks-only", "--",
+    res = run(["run", "-n", "2", "--json", "--window", "30", "--fold", "repeats", "--",
                sys.executable, "-c", script], tmp_path)
     recs = [json.loads(ln) for ln in res.stdout.splitlines()]
-    for g in (r for r in recs if r.get("group")):
-        assert len(g["ranks"]) == g["count"]  # at most one line per rank in a group
-    shown = sum(g["count"] for g in recs if g.get("group")) + sum(
-        1 for r in recs if not r.get("group"))
+    groups = [r for r in recs if r.get("group")]
+    assert groups and any(g["count"] > len(g["ranks"]) for g in groups)
+    shown = sum(g["count"] for g in groups) + sum(1 for r in recs if not r.get("group"))
     assert shown == 6
+
+
+def test_into_a_file_or_a_pipe_every_line_of_every_rank_is_written(tmp_path):
+    # No window asked for, stdout not a terminal: nothing folded, nothing dropped, even for a
+    # flood (the ranks wait for the output instead).
+    script = ("import os, sys\nr = os.environ['RANK']\n"
+              "for i in range(100_000):\n    print(f'rank {r} step {i} loss 0.{i % 97:02d}')\n")
+    res = run(["run", "-n", "3", "--", sys.executable, "-c", script], tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 300_000
+    for r in range(3):
+        mine = [ln for ln in lines if ln.startswith(f"[{r}] ")]
+        assert mine == [f"[{r}] rank {r} step {i} loss 0.{i % 97:02d}" for i in range(100_000)]
+    assert "dropped" not in res.stderr and "fold" not in res.stderr
+    res = run(["run", "-n", "2", "--json", "--", sys.executable, "-c", "print('hi')"], tmp_path)
+    assert [json.loads(ln)["rank"] for ln in res.stdout.splitlines()] in ([0, 1], [1, 0])
 
 
 def test_a_stdout_nobody_reads_never_holds_back_the_ranks_or_the_files(tmp_path):

@@ -169,10 +169,11 @@ async def test_frames_are_confirmed_only_once_the_sink_emitted_them(autojump_clo
         nursery.cancel_scope.cancel()
 
 
-async def test_window_prints_the_first_line_live_then_the_summary(autojump_clock):
+async def test_fold_repeats_prints_the_first_line_live_then_the_summary(autojump_clock):
     mesh = FakeMesh(3)
     sink = Collected()
-    async with lm.open_logging_client(mesh, sink=sink, aggregate_window_sec=100) as client:
+    async with lm.open_logging_client(mesh, sink=sink, aggregate_window_sec=100,
+                                      fold="repeats") as client:
         for step in (1, 2, 3):
             for rank in range(3):
                 mesh.log(rank, f"step {step} loss 0.{step}{rank}\n".encode())
@@ -181,21 +182,40 @@ async def test_window_prints_the_first_line_live_then_the_summary(autojump_clock
         assert [ln for i in live for ln in i.lines] == ["step 1 loss 0.10"]
         assert not [i for i in sink.items if isinstance(i, lm.GroupLine)]
         # A shorter window whose end has already passed: the summary is due at once.
-        client.set_mode(aggregate_window_sec=5)
+        client.set_mode(aggregate_window_sec=5, fold="repeats")
         await trio.testing.wait_all_tasks_blocked()
         groups = [i for i in sink.items if isinstance(i, lm.GroupLine)]
         assert len(groups) == 1 and groups[0].count == 8 and groups[0].ranks_text == "0-2"
         assert groups[0].text == "step 1..3 loss 0.11..0.32"
 
 
+async def test_a_window_lines_the_ranks_up_one_line_per_step(autojump_clock):
+    mesh = FakeMesh(3)
+    sink = Collected()
+    async with lm.open_logging_client(mesh, sink=sink, aggregate_window_sec=100):
+        for step in (1, 2, 3):
+            for rank in range(3):
+                mesh.log(rank, f"step {step} loss 0.{step}{rank}\n".encode())
+        await trio.testing.wait_all_tasks_blocked()
+        assert trio.current_time() < 1  # every rank printed each step: no waiting
+        assert [lm.format_output(i) for i in sink.items] == [
+            "[ranks 0-2] step 1 loss 0.10..0.12",
+            "[ranks 0-2] step 2 loss 0.20..0.22",
+            "[ranks 0-2] step 3 loss 0.30..0.32",
+        ]
+    with pytest.raises(ValueError, match="fold"):
+        async with lm.open_logging_client(mesh, fold="sideways"):  # type: ignore[arg-type]
+            pass
+
+
 async def test_flush_prints_what_the_window_holds(autojump_clock):
     mesh = FakeMesh(2)
     sink = Collected()
     async with lm.open_logging_client(mesh, sink=sink, aggregate_window_sec=60) as client:
-        mesh.log(0, b"x 1\n")
-        mesh.log(1, b"x 2\n")
+        mesh.log(0, b"x 1\n")  # waits for rank 1's "x" line
+        mesh.log(1, b"y\n")  # waits for rank 0's "y" line
         await client.flush()
-        assert [lm.format_output(i) for i in sink.items] == ["[0] x 1", "[1] x 2"]
+        assert [lm.format_output(i) for i in sink.items] == ["[0] x 1", "[1] y"]
         assert trio.current_time() < 1  # no waiting for the window
 
 
@@ -268,11 +288,10 @@ async def test_the_body_exception_survives_a_failing_sink_at_exit(autojump_clock
         if armed:
             raise Broken("sink failed while closing")
 
-    mesh = FakeMesh(1)
+    mesh = FakeMesh(2)
     with pytest.raises(ValueError, match="the user's own") as info:
         async with lm.open_logging_client(mesh, sink=sink, aggregate_window_sec=60):
-            mesh.log(0, b"a 1\n")
-            mesh.log(0, b"a 2\n")  # held by the window: printed when the client closes
+            mesh.log(0, b"a 1\n")  # waits for rank 1: printed when the client closes
             await trio.testing.wait_all_tasks_blocked()
             armed.append(True)
             raise ValueError("the user's own")
@@ -284,8 +303,7 @@ async def test_a_ranks_exit_notice_comes_after_its_held_lines(autojump_clock):
     mesh = FakeMesh(2)
     sink = Collected()
     async with lm.open_logging_client(mesh, sink=sink, aggregate_window_sec=60):
-        mesh.log(0, b"err 1\n")
-        mesh.log(1, b"err 2\n")  # held by the window
+        mesh.log(1, b"err 2\n")  # waits for rank 0's "err" line
         mesh.exit(1, 1)
         await sink.wait_for(lambda: sink.notices())
         await trio.testing.wait_all_tasks_blocked()

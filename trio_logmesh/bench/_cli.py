@@ -83,10 +83,10 @@ def cli(args: argparse.Namespace) -> int:
     """Run the scenario ``args`` name; print its table(s); return the exit status (0 unless a
     trial failed or lost lines, whatever the targets say)."""
     try:
-        if args.scenario == "grouping":  # the aggregator alone, in this process
+        if args.scenario == "grouping":  # the folding engines alone, in this process
             from . import _grouping
 
-            _grouping.main()
+            _grouping.main(args.lines or 1_000_000)
             return 0
         if args.scenario == "all":
             run_all(args)

@@ -186,11 +186,25 @@ def trial_baseline(procs: int, lines: int) -> Result:
 
 
 def _count_output(path: str) -> int:
-    """Lines a trial's output file stands for: one per line, a group line for its count."""
+    """Lines a trial's output file stands for: one per line; a group line stands for its
+    count (``[120x ranks 0-3]``) or for one line of each of its ranks (``[ranks 0-3]``)."""
     with open(path, "rb") as fh:
         data = fh.read()
-    groups = [int(n) for n in re.findall(rb"(?m)^\[(\d+)x ranks ", data)] if b"x ranks " in data else []
-    return data.count(b"\n") - len(groups) + sum(groups)
+    total = data.count(b"\n") - len(re.findall(rb"(?m)^\[logmesh\] ", data))  # our notices
+    if b"ranks " not in data:
+        return total
+    for count, ranks in re.findall(rb"(?m)^\[(?:(\d+)x )?ranks ([\d,-]+)\] ", data):
+        total += (int(count) if count else _rank_count(ranks.decode())) - 1
+    return total
+
+
+def _rank_count(folded: str) -> int:
+    """How many ranks ``0-3,7`` names."""
+    n = 0
+    for part in folded.split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
 
 
 async def _trial_ours(procs: int, lines: int, window: float | None) -> Result:

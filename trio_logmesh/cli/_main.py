@@ -10,9 +10,7 @@ import trio
 
 from ._agent import add_agent_parser, agent_command
 from ._multihost import MULTIHOST_EPILOG, add_multihost_arguments
-from ._run import run_command
-
-DEFAULT_WINDOW = 3.0
+from ._run import DEFAULT_WINDOW, run_command
 
 MAIN_HELP = """\
 Run a mesh of worker processes with their stdout/stderr streamed to this terminal,
@@ -107,13 +105,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--nproc", "--nproc-per-node", type=int, required=True,
                      metavar="N", help="number of ranks to start (on each host)")
     win = run.add_mutually_exclusive_group()
-    win.add_argument("--window", type=_positive, default=DEFAULT_WINDOW, metavar="SEC",
-                     help=f"aggregate similar lines over SEC seconds (default {DEFAULT_WINDOW:g})")
-    win.add_argument("--no-window", dest="window", action="store_const", const=None,
+    win.add_argument("--window", type=_positive, default=None, metavar="SEC",
+                     help="fold the ranks' lines, a line waiting at most SEC seconds for its "
+                          f"peers (default on a terminal: {DEFAULT_WINDOW:g}; when stdout is "
+                          "a file or a pipe, or with --json: no folding)")
+    win.add_argument("--no-window", action="store_true",
                      help="print every line at once, prefixed by its rank")
-    run.add_argument("--across-ranks-only", action="store_true",
-                     help="aggregate only lines of different ranks; never collapse one rank's "
-                          "own repeats")
+    run.add_argument("--fold", choices=("ranks", "repeats"), default="ranks",
+                     help="with a window: line the ranks up, one line per step with each "
+                          "field's values (ranks, default), or group similar lines, one "
+                          "rank's repeats included, per window (repeats)")
     run.add_argument("--no-stream", action="store_true",
                      help="show nothing live; only the files and the final summary")
     run.add_argument("--log-dir", metavar="DIR",
@@ -137,12 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "NO_COLOR disables)")
     run.add_argument("--json", action="store_true",
                      help="one JSON object per line on stdout (time, rank, host, pid, "
-                          "stream, text; group fields when aggregated)")
+                          "stream, text); groups only with --window")
     run.add_argument("--level", default=None, metavar="LEVEL",
                      help="Python logging level in the ranks (DEBUG, INFO, 20, ...)")
-    run.add_argument("--drop-policy", choices=("drop", "block"), default="drop",
-                     help="when the live view falls behind: drop lines from it (counted; "
-                          "default) or block the ranks until it catches up")
+    run.add_argument("--drop-policy", choices=("drop", "block"), default=None,
+                     help="when the live view falls behind: drop lines from it (counted; the "
+                          "default on a terminal) or block the ranks until it catches up (the "
+                          "default when stdout is a file or a pipe: every line is written)")
     add_multihost_arguments(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
                      help="the program each rank runs")

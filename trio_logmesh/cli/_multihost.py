@@ -130,7 +130,7 @@ def _announce_listening(args: argparse.Namespace, launcher: str
 @asynccontextmanager
 async def open_cli_host_mesh(
     args: argparse.Namespace, cmd: list[str], level: int | str | None,
-    say: Callable[[str], Awaitable[None]],
+    say: Callable[[str], Awaitable[None]], drop_policy: str = "drop",
 ) -> AsyncIterator[HostMesh]:
     """The mesh of ``logmesh run --nnodes ...``; the driver's notices go to ``say`` (through a
     queue: they never block the event loop).  Raises :class:`~trio_logmesh.LogmeshError` for
@@ -160,7 +160,7 @@ async def open_cli_host_mesh(
                 rdzv_endpoint=endpoint, join_file=args.join_file, log_root=args.log_dir,
                 keep_runs=args.keep_runs, dead_after=args.dead_after,
                 join_timeout=args.join_timeout, cert=args.cert, key=args.key, ca=args.ca,
-                drop_policy=args.drop_policy, log_level=level, grace=args.grace,
+                drop_policy=drop_policy, log_level=level, grace=args.grace,
                 on_listening=_announce_listening(args, launcher), say=notice, **kwargs,
             ) as mesh:
                 yield mesh

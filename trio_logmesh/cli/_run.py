@@ -42,6 +42,9 @@ from ..view._sinks import JsonSink, TerminalSink
 from ..view._writer import TextOutput
 from . import _multihost as mh
 
+#: The folding window on a terminal, in seconds (``--window``).
+DEFAULT_WINDOW = 3.0
+
 #: Seconds the other ranks get to end by themselves after one failed, before they are stopped.
 FAIL_FAST_AFTER = 2.0
 #: Seconds the final flush may take (a stalled stdout must not hold the exit forever), and
@@ -269,6 +272,8 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], int | None]:
         level = int(args.level) if args.level.lstrip("-").isdigit() else args.level
     try:
         check_mode(not args.no_stream, args.window if not args.no_stream else None, level)
+        if args.no_stream and args.window is not None:
+            raise ValueError("--window needs the live view (not --no-stream)")
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
     if args.ranks is not None and max(args.ranks) >= args.nproc:
@@ -281,6 +286,27 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], int | None]:
     return cmd, level
 
 
+def _stdout_is_terminal() -> bool:
+    try:
+        return os.isatty(1)
+    except OSError:
+        return False
+
+
+def output_defaults(args: argparse.Namespace, terminal: bool) -> tuple[float | None, str]:
+    """The window and drop policy ``logmesh run`` uses: folding and dropping (counted) only
+    where a person reads a terminal; into a file or a pipe, every line of every rank, complete
+    (the ranks wait for the output rather than lose lines), unless asked otherwise."""
+    if args.no_stream or args.no_window:
+        window = None
+    elif args.window is not None:
+        window = args.window
+    else:
+        window = DEFAULT_WINDOW if terminal and not args.json else None
+    policy = args.drop_policy or ("drop" if terminal else "block")
+    return window, policy
+
+
 async def run_command(args: argparse.Namespace) -> int:
     """Run ``logmesh run``; return the process exit status."""
     messages = Messages()
@@ -291,7 +317,7 @@ async def run_command(args: argparse.Namespace) -> int:
         await say(f"logmesh run: {exc}")
         return EXIT_USAGE
     stream = not args.no_stream
-    window = args.window if stream else None
+    window, drop_policy = output_defaults(args, _stdout_is_terminal())
     sink = JsonSink() if args.json else TerminalSink(color=args.color, timestamps=args.timestamps)
     outcome = Outcome()
     # A background job reading the terminal gets EIO instead of being stopped by SIGTTIN.
@@ -306,11 +332,11 @@ async def run_command(args: argparse.Namespace) -> int:
             try:
                 if mh.is_multihost(args):
                     mesh = await stack.enter_async_context(
-                        mh.open_cli_host_mesh(args, cmd, level, say))
+                        mh.open_cli_host_mesh(args, cmd, level, say, drop_policy))
                 else:
                     mesh = await stack.enter_async_context(open_proc_mesh(
                         cmd, procs=args.nproc, log_root=args.log_dir, keep_runs=args.keep_runs,
-                        drop_policy=args.drop_policy, log_level=level, grace=args.grace,
+                        drop_policy=drop_policy, log_level=level, grace=args.grace,
                         stdin=args.stdin, announce=False,
                     ))
             except OSError as exc:
@@ -330,7 +356,7 @@ async def run_command(args: argparse.Namespace) -> int:
                 client = await LoggingMeshClient.spawn(nursery, mesh, sink=sink,
                                                        ranks=args.ranks)
                 client.set_mode(stream_to_client=stream, aggregate_window_sec=window,
-                                level=level, across_ranks_only=args.across_ranks_only)
+                                level=level, fold=args.fold)
                 main = trio.CancelScope()
                 sup = Supervisor(mesh, nursery, args.grace, outcome)
                 nursery.start_soon(_watch_signals, sup, say, main)

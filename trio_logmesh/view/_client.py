@@ -26,6 +26,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import attrs
 import trio
@@ -42,6 +43,7 @@ from .._errors import (
 from .._levels import level_number
 from ..protocol._frames import Exit, Log, Lost, Mark
 from ._aggregate import Aggregator, fold_ranks
+from ._align import Aligner
 from ._decode import RankState
 from ._port import Delivery, MeshPort, ViewLink
 from ._records import Notice, Output
@@ -52,6 +54,16 @@ from ._sinks import Sink, make_sink
 #: host counts all of it against each rank's ``buffer_bytes`` until the sink has emitted it.
 INBOX_SIZE = 2
 SINK_QUEUE_SIZE = 4
+
+
+Fold = Literal["ranks", "repeats"]
+"""How a window folds lines: line the ranks up (``"ranks"``), or group repeats (``"repeats"``)."""
+
+
+def check_fold(fold: object) -> None:
+    """Raise ``ValueError`` unless ``fold`` is ``"ranks"`` or ``"repeats"``."""
+    if fold not in ("ranks", "repeats"):
+        raise ValueError(f"fold must be 'ranks' or 'repeats', not {fold!r}")
 
 
 def check_mode(
@@ -144,8 +156,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         self._barriers: dict[int, _Barrier] = {}
         self._stream_to_client = True
         self._level: int | None = None
-        self._across_ranks_only = False
-        self._aggregator: Aggregator | None = None
+        self._fold: Fold = "ranks"
+        self._aggregator: Aligner | Aggregator | None = None
         self._agg_changed = trio.Event()
         #: Output produced by a mode change (sync), emitted before anything after it.
         self._pending_out: list[Output | _Signal] = []
@@ -185,27 +197,32 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         aggregate_window_sec: float | None = None,
         level: int | str | None = logging.INFO,
         *,
-        across_ranks_only: bool = False,
+        fold: Fold = "ranks",
     ) -> None:
         """Turn streaming on/off, set the aggregation window, set the children's log level.
 
-        ``aggregate_window_sec=None`` prints every line at once; a number of seconds groups
-        similar lines per window (see the aggregator).  ``across_ranks_only=True`` groups only
-        lines of different ranks, never one rank's own repeats.  ``level`` becomes the root
+        ``aggregate_window_sec=None`` prints every line at once, as its rank wrote it.  A number
+        of seconds folds: with ``fold="ranks"`` (the default) the ranks' output is lined up,
+        the k-th "step ..." line of every rank becomes one line showing each field's values
+        over the ranks, a line waiting at most that long for its peers, and blocks
+        (tracebacks) are kept whole; ``fold="repeats"`` groups similar lines, one rank's
+        repeats included, into one summary per window (Monarch's behaviour).  Raises
+        ``ValueError`` for an unknown ``fold``.  ``level`` becomes the root
         logging level in every Python child; it is in force in a child before any later
         ``flush()`` returns; ``None`` leaves the programs' own levels alone.  Raises
         ``ValueError`` for a window while ``stream_to_client`` is False.  Does nothing more on
         a closed client.
         """
         number = check_mode(stream_to_client, aggregate_window_sec, level)
+        check_fold(fold)
         self._stream_to_client = stream_to_client
         if number is not None:
             self._level = number
-        if across_ranks_only != self._across_ranks_only and self._aggregator is not None:
+        if fold != self._fold and self._aggregator is not None:
             # A different grouping rule: print what the old one holds, start afresh.
             self._pending_out.extend(self._aggregator.drain(trio.current_time()))
             self._aggregator = None
-        self._across_ranks_only = across_ranks_only
+        self._fold = fold
         self._set_window(aggregate_window_sec)
         link = self._link
         if link is None or self._done.is_set():
@@ -341,7 +358,11 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                 self._pending_out.extend(agg.drain(now))
                 self._aggregator = None
         elif agg is None:
-            self._aggregator = Aggregator(window, across_ranks_only=self._across_ranks_only)
+            if self._fold == "repeats":
+                self._aggregator = Aggregator(window)
+            else:
+                self._aggregator = Aligner(window, [st.rank for st in self._states
+                                                    if not st.finished and self._streams(st.rank)])
         elif agg.window != window:
             self._pending_out.extend(agg.set_window(window, now))
         self._agg_changed.set()
@@ -486,14 +507,15 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                 elif isinstance(frame, Exit):
                     st.finished = True
                     st.exit_code = frame.code
+                    where = f" on {st.host}" if st.host else ""
+                    notices = [] if frame.code == 0 else [
+                        Notice("stderr", _exit_text(rank, frame.code) + where, rank,
+                               time.time())]
                     agg = self._aggregator
-                    if agg is not None and agg.holds(rank):
-                        # The rank's last lines before its exit notice, not after it.
-                        out.extend(agg.drain(trio.current_time()))
-                    if frame.code != 0:
-                        where = f" on {st.host}" if st.host else ""
-                        out.append(Notice("stderr", _exit_text(rank, frame.code) + where, rank,
-                                          time.time()))
+                    if agg is not None:  # its exit notice after the lines it still holds
+                        out.extend(agg.rank_ended(rank, trio.current_time(), notices))
+                    else:
+                        out.extend(notices)
                     out.append(_Ended(rank))
                 elif isinstance(frame, Lost):
                     # Its host is gone: the rank's output ends here, without an exit.  A
@@ -506,8 +528,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                             barrier.lost.add(rank)
                             barrier.done.set()
                     agg = self._aggregator
-                    if agg is not None and agg.holds(rank):
-                        out.extend(agg.drain(trio.current_time()))
+                    if agg is not None:
+                        out.extend(agg.rank_ended(rank, trio.current_time()))
                     out.append(_Ended(rank))
                 st.last_seq = frame.seq
         for (host, reason), ranks in lost.items():
@@ -635,7 +657,7 @@ async def open_logging_client(
     stream_to_client: bool = True,
     aggregate_window_sec: float | None = None,
     level: int | str | None = logging.INFO,
-    across_ranks_only: bool = False,
+    fold: Fold = "ranks",
     exit_timeout: float = 5.0,
 ) -> AsyncIterator[LoggingMeshClient]:
     """A client for ``mesh`` that owns its nursery, in the mode given; see
@@ -648,13 +670,13 @@ async def open_logging_client(
     streaming before anything starts.
     """
     check_mode(stream_to_client, aggregate_window_sec, level)
+    check_fold(fold)
     body_error: BaseException | None = None
     errors: list[BaseException] = []
     try:
         async with trio.open_nursery() as nursery:
             client = await LoggingMeshClient.spawn(nursery, mesh, sink=sink, ranks=ranks)
-            client.set_mode(stream_to_client, aggregate_window_sec, level,
-                            across_ranks_only=across_ranks_only)
+            client.set_mode(stream_to_client, aggregate_window_sec, level, fold=fold)
             try:
                 yield client
             except BaseException as exc:

@@ -85,10 +85,11 @@ class LogLines:
 
 @attrs.frozen
 class GroupLine:
-    """One line that stands for ``count`` similar lines from ``ranks`` in one window.
+    """One line (or one block of lines) that stands for ``count`` lines from ``ranks``.
 
-    ``text`` is the template with each variable field shown as its spread
-    (``loss=0.41..0.43``); ``ranks_text`` is the ranks folded as ranges (``0-6,9``).
+    ``text`` is the line with each variable field shown over the lines it stands for
+    (``loss=0.41..0.43``, see ``_spread``), or the block's exact text (several lines);
+    ``ranks_text`` is the ranks folded as ranges (``0-6,9``).
     ``first_time``/``last_time`` are the wall-clock span the group really covers.
     """
 
@@ -101,7 +102,10 @@ class GroupLine:
     last_time: float
 
     def prefix(self) -> str:
-        """The tag printed in front of the group line, e.g. ``[64x ranks 0-63]``."""
+        """The tag printed in front of the group's lines: ``[ranks 0-63]`` for one line (or
+        block) of each rank, ``[120x ranks 0-3]`` when it stands for more lines than ranks."""
+        if self.count == len(self.ranks):
+            return f"[ranks {self.ranks_text}]"
         return f"[{self.count}x ranks {self.ranks_text}]"
 
 
@@ -126,7 +130,5 @@ Output = LogLines | GroupLine | Notice
 
 def format_output(item: Output) -> str:
     """Render one output item as plain text (one or more lines, no trailing newline)."""
-    if isinstance(item, LogLines):
-        p = item.prefix() + " "
-        return p + item.text.replace("\n", "\n" + p)
-    return f"{item.prefix()} {item.text}"
+    p = item.prefix() + " "
+    return p + item.text.replace("\n", "\n" + p)

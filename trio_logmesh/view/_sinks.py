@@ -115,7 +115,8 @@ class TerminalSink:
             # One pass over the chunk's bytes, whatever its number of lines.
             return [btag, item.data.replace(b"\n", b"\n" + btag), b"\n"]
         if isinstance(item, GroupLine):
-            text = f"{_CYAN}{item.prefix()}{_RESET} {item.text}" if color else format_output(item)
+            tag = f"{_CYAN}{item.prefix()}{_RESET} " if color else item.prefix() + " "
+            text = tag + item.text.replace("\n", "\n" + tag)
         else:
             text = f"{_YELLOW}{item.prefix()} {item.text}{_RESET}" if color else format_output(item)
         if self.timestamps:

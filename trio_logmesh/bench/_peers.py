@@ -1,10 +1,19 @@
-"""Monarch-style similarity grouping: the reference our template grouping is compared with.
+"""How other tools fold the same lines, for comparison only: Monarch's and Ray's.
 
-Monarch's log client buckets lines by normalized edit distance; this reimplementation is what
-``tests/test_aggregate.py`` pins our grouping's differences against.
+* :class:`MonarchGrouper`: Monarch's log client buckets the lines of a window by normalized
+  edit distance (below 0.15 joins the first group whose *first* line is that close) and shows
+  each group as its first line and ``[N similar log lines]``.
+* :class:`RayDeduplicator`: Ray's ``log_to_driver`` deduplication as its documentation
+  describes it: the first line of a pattern (words with digits ignored) prints at once; its
+  repeats within 5 s are counted and printed as one line, ``[repeated Nx across cluster]``.
+
+Reimplemented from their documentation and observed output (no code of theirs), so that
+``logmesh bench grouping`` and the README can put the three side by side on one corpus.
 """
 
 from __future__ import annotations
+
+import re
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -42,8 +51,8 @@ def levenshtein(a: str, b: str) -> int:
     return score
 
 
-class LevenshteinGrouper:
-    """Similarity bucketing as Monarch's log client does it, for comparison only.
+class MonarchGrouper:
+    """Similarity bucketing as Monarch's log client does it.
 
     A line joins the first group whose *first* line is within normalized edit distance
     (``levenshtein(a, b) / max(len(a), len(b))``) strictly below ``threshold`` (0.15); else it
@@ -81,3 +90,47 @@ class LevenshteinGrouper:
         out = [f"{first} [{count} similar log lines]" for first, count in self.groups()]
         self._groups = []
         return out
+
+
+_DIGITS = re.compile(r"\d")
+
+
+class RayDeduplicator:
+    """Ray's log deduplication, as documented (see the module docstring)."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        """Deduplicate over ``window`` seconds (Ray's default: 5)."""
+        self.window = window
+        self._seen: dict[str, list] = {}  # pattern -> [first time, count, latest line]
+
+    @staticmethod
+    def pattern(line: str) -> str:
+        """The dedup key: the line without its words holding a digit."""
+        return " ".join(w for w in line.split() if not _DIGITS.search(w))
+
+    def add(self, line: str, now: float) -> list[str]:
+        """Feed one line; return what prints now."""
+        out = self.expire(now)
+        key = self.pattern(line)
+        state = self._seen.get(key)
+        if state is None:
+            self._seen[key] = [now, 0, line]
+            out.append(line)
+        else:
+            state[1] += 1
+            state[2] = line
+        return out
+
+    def expire(self, now: float) -> list[str]:
+        """The counted repeats whose 5 s have passed."""
+        out = []
+        for key, (t, count, line) in list(self._seen.items()):
+            if now - t >= self.window:
+                if count:
+                    out.append(f"{line} [repeated {count}x across cluster]")
+                del self._seen[key]
+        return out
+
+    def flush(self) -> list[str]:
+        """Everything counted, now."""
+        return self.expire(float("inf"))
