@@ -116,5 +116,7 @@ def agent_command(args: argparse.Namespace) -> int:
     except AgentUsage as exc:
         sys.stderr.write(f"logmesh agent: {exc}\n")
         return EXIT_USAGE
+    # The document holds the run's token: the ranks (the user's program) do not inherit it.
+    os.environ.pop("LOGMESH_JOIN", None)
     return trio.run(lambda: run_host_agent(join, node, bind=args.bind,
                                            stdin_is_link=args.join == "-"))
