@@ -196,3 +196,37 @@ def test_a_self_signed_identity_is_pinned_by_its_fingerprint():
     assert IDENTITY.fingerprint == cert_fingerprint(IDENTITY.cert)
     assert IDENTITY.fingerprint != other.fingerprint
     assert "PRIVATE KEY" in IDENTITY.key and "PRIVATE" not in repr(IDENTITY)
+
+
+def test_socket_timeouts_follow_dead_after():
+    import socket
+
+    from trio_logmesh.host._link import tune_socket
+
+    with socket.socket() as sock:
+        tune_socket(sock, 6.0)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 6000
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 2
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+
+
+async def test_a_network_write_is_not_shielded_from_cancellation():
+    # A peer that never reads: the write blocks, as on a partitioned link.  Cancelling it
+    # must end it at once and mark the connection broken, never wait for the network.
+    import trio
+    import trio.testing
+
+    from trio_logmesh.host._link import LinkIO
+
+    ours, _theirs = trio.testing.lockstep_stream_pair()
+    io = LinkIO(ours, LinkConnection(AGENT, TOKEN))
+    io.send(b"x" * 1000)
+    with trio.move_on_after(0.5) as scope:
+        await io.run_writer()
+    assert scope.cancelled_caught
+    assert io.broken
+    io.send(b"more")
+    assert io.queued == 0  # nothing is queued on a broken connection

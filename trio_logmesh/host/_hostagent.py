@@ -189,8 +189,10 @@ class HostAgent:
             await trio_util.wait_any(self._gone_event.wait, self.ended.wait)
             nursery.cancel_scope.cancel()
         if self.gone is not None:
-            self.say(f"{self.gone}; stopping ranks {self.first_rank}-"
-                     f"{self.first_rank + self.procs - 1}")
+            last = self.first_rank + self.procs - 1
+            which = (f"rank {last}" if self.procs == 1
+                     else f"ranks {self.first_rank}-{last}")
+            self.say(f"{self.gone}; stopping {which}")
 
     def _unsent(self) -> bool:
         """Frames of the ranks not yet handed to the link (while it is up)."""
