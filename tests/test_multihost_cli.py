@@ -148,3 +148,20 @@ def test_the_ssh_launcher_needs_hosts(tmp_path):
     res = run(["run", "--launcher", "ssh", "--nproc-per-node", "1", "--", "true"], tmp_path)
     assert res.returncode == 2
     assert "--launcher ssh needs --hosts or --hostfile" in res.stderr
+
+
+def test_a_launcher_that_fails_ends_the_run_with_its_last_words(tmp_path):
+    refuse = "sh -c 'echo ssh: connect to host $0 port 22: Connection refused >&2; exit 255'"
+    res = run(["run", "--launcher", "ssh", "--hosts", "a,b", "--nproc-per-node", "1",
+               "--rdzv-endpoint", "127.0.0.1:0", "--", "true"], tmp_path,
+              extra_env={"LOGMESH_SSH": refuse})
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr
+    assert ("exited with status 255 before node(s) 0 joined: ssh: connect to host"
+            in res.stderr), res.stderr
+    res = run(["run", "--launcher", "ssh", "--hosts", "a", "--nproc-per-node", "1",
+               "--rdzv-endpoint", "127.0.0.1:0", "--", "true"], tmp_path,
+              extra_env={"LOGMESH_SSH": str(tmp_path / "no-such-ssh")})
+    assert res.returncode == 1
+    assert res.stderr.strip().endswith(
+        f"logmesh: cannot run {tmp_path / 'no-such-ssh'}: No such file or directory")

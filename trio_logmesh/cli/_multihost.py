@@ -152,28 +152,37 @@ async def open_cli_host_mesh(
     kwargs: dict[str, Any] = {}
     if args.agent_cmd:
         kwargs["agent_cmd"] = shlex.split(args.agent_cmd)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(print_notices)
-        try:
-            async with open_host_mesh(
-                cmd, args.nnodes, args.nproc, launcher=launcher, hosts=_hosts(args),
-                rdzv_endpoint=endpoint, join_file=args.join_file, log_root=args.log_dir,
-                keep_runs=args.keep_runs, dead_after=args.dead_after,
-                join_timeout=args.join_timeout, cert=args.cert, key=args.key, ca=args.ca,
-                drop_policy=drop_policy, log_level=level, grace=args.grace,
-                on_listening=_announce_listening(args, launcher), say=notice, **kwargs,
-            ) as mesh:
-                yield mesh
-        except OSError as exc:
-            raise LogmeshError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
-        except ValueError as exc:
-            raise LogmeshError(str(exc)) from None
-        finally:
-            notices_send.close()
-            with trio.move_on_after(1.0):  # the last notices, before the summary
-                while notices_recv.statistics().current_buffer_used:
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(print_notices)
+            try:
+                async with open_host_mesh(
+                    cmd, args.nnodes, args.nproc, launcher=launcher, hosts=_hosts(args),
+                    rdzv_endpoint=endpoint, join_file=args.join_file, log_root=args.log_dir,
+                    keep_runs=args.keep_runs, dead_after=args.dead_after,
+                    join_timeout=args.join_timeout, cert=args.cert, key=args.key, ca=args.ca,
+                    drop_policy=drop_policy, log_level=level, grace=args.grace,
+                    on_listening=_announce_listening(args, launcher), say=notice, **kwargs,
+                ) as mesh:
+                    yield mesh
+            except OSError as exc:
+                if exc.filename is not None:  # a launcher's program (ssh, srun) cannot run
+                    raise LogmeshError(f"cannot run {exc.filename}: "
+                                       f"{exc.strerror or exc}") from None
+                raise LogmeshError(f"cannot listen on {endpoint}: {exc.strerror or exc}") from None
+            except ValueError as exc:
+                raise LogmeshError(str(exc)) from None
+            finally:
+                notices_send.close()
+                with trio.move_on_after(1.0):  # the last notices, before the summary
+                    while notices_recv.statistics().current_buffer_used:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # One failure (ours or the body's) comes out as itself, not in a nursery's group.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 def banner(mesh: Any) -> str:

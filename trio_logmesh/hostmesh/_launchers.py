@@ -118,7 +118,10 @@ def start_plans(plans: list[LaunchPlan], join: JoinInfo) -> list[Launched]:
             process = start_rank(plan.argv, env, stdin=plan.join_on_stdin)
             started.append(Launched(plan, process))
             if plan.join_on_stdin and process.stdin is not None:
-                os.write(process.stdin, (join.dumps() + "\n").encode())
+                try:
+                    os.write(process.stdin, (join.dumps() + "\n").encode())
+                except BrokenPipeError:
+                    pass  # it ended already: its exit and last lines say why
     except BaseException:
         for launched in started:
             launched.process.signal_group(signal.SIGKILL)
