@@ -4,6 +4,7 @@ what its summary says about hosts.  ``_run`` stays the same launcher for one hos
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import sys
@@ -14,6 +15,8 @@ from typing import Any
 import trio
 
 from .._errors import HostLost, LogmeshError
+from ..host._launch import _private_root as private_root
+from ..host._launch import default_log_root
 from ..hostmesh._launchers import LAUNCHERS
 from ..hostmesh._mesh import DEAD_AFTER, HostMesh, open_host_mesh
 from ..protocol._join import JoinInfo
@@ -53,7 +56,8 @@ def add_multihost_arguments(run: argparse.ArgumentParser) -> None:
                             "port; local: 127.0.0.1:0)")
     group.add_argument("--join-file", metavar="PATH",
                        help="write the join document (address, token, certificate) here, "
-                            "mode 0600, once listening")
+                            "mode 0600, once listening (--launcher none: default "
+                            "join-PID.json in the log root, printed at start)")
     hosts = group.add_mutually_exclusive_group()
     hosts.add_argument("--hosts", type=_host_list, metavar="H1,H2,...",
                        help="hosts for --launcher ssh")
@@ -114,15 +118,23 @@ def _hosts(args: argparse.Namespace) -> list[str]:
     return []
 
 
-def _announce_listening(args: argparse.Namespace, launcher: str
-                        ) -> Callable[[JoinInfo], None]:
+def _default_join_file(args: argparse.Namespace) -> str:
+    """Where ``--launcher none`` writes the join document when no ``--join-file`` is given:
+    the log root (private to the user, 0700), one file per driver process."""
+    root = args.log_dir or default_log_root()
+    private_root(root)
+    return os.path.join(root, f"join-{os.getpid()}.json")
+
+
+def _announce_listening(join_file: str | None, launcher: str) -> Callable[[JoinInfo], None]:
     def announce(join: JoinInfo) -> None:
         if launcher != "none":
             return
-        where = f" (join file {args.join_file})" if args.join_file else \
-            " (no --join-file: agents cannot join without the document)"
-        sys.stderr.write(f"logmesh: listening for {join.nnodes} agent(s) at "
-                         f"{join.host}:{join.port}{where}\n")
+        last = join.nnodes - 1
+        sys.stderr.write(f"logmesh: waiting for {join.nnodes} agent(s) at {join.host}:"
+                         f"{join.port}; on each host run: logmesh agent --join {join_file} "
+                         f"--node-rank I  (I = 0{'..' + str(last) if last else ''}; the join "
+                         "file holds the run's token: keep it private)\n")
         sys.stderr.flush()
     return announce
 
@@ -149,6 +161,9 @@ async def open_cli_host_mesh(
         async for line in notices_recv:
             await say(line)
 
+    join_file = args.join_file
+    if launcher == "none" and join_file is None:
+        join_file = _default_join_file(args)
     kwargs: dict[str, Any] = {}
     if args.agent_cmd:
         kwargs["agent_cmd"] = shlex.split(args.agent_cmd)
@@ -158,11 +173,12 @@ async def open_cli_host_mesh(
             try:
                 async with open_host_mesh(
                     cmd, args.nnodes, args.nproc, launcher=launcher, hosts=_hosts(args),
-                    rdzv_endpoint=endpoint, join_file=args.join_file, log_root=args.log_dir,
+                    rdzv_endpoint=endpoint, join_file=join_file, log_root=args.log_dir,
                     keep_runs=args.keep_runs, dead_after=args.dead_after,
                     join_timeout=args.join_timeout, cert=args.cert, key=args.key, ca=args.ca,
                     drop_policy=drop_policy, log_level=level, grace=args.grace,
-                    on_listening=_announce_listening(args, launcher), say=notice, **kwargs,
+                    on_listening=_announce_listening(join_file, launcher), say=notice,
+                    **kwargs,
                 ) as mesh:
                     yield mesh
             except OSError as exc:
