@@ -465,3 +465,63 @@ async def test_a_broken_link_resumes_without_loss_or_duplication(tmp_path):
     for r in range(4):
         got = sink.lines(r)
         assert got == [f"r{r} tick {i}" for i in range(len(got))] and len(got) >= 10
+
+
+# -- the user's own certificate --------------------------------------------------------------
+def _ca_and_server_cert(tmp_path, name: str) -> tuple[str, str, str]:
+    """A CA and a server certificate for ``name`` (an IP address) signed by it: PEM paths."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(name))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = []
+    for stem, data in (
+        ("ca", ca.public_bytes(serialization.Encoding.PEM)),
+        ("cert", cert.public_bytes(serialization.Encoding.PEM)),
+        ("key", key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())),
+    ):
+        path = tmp_path / f"{stem}.pem"
+        path.write_bytes(data)
+        paths.append(str(path))
+    return paths[0], paths[1], paths[2]
+
+
+async def test_the_users_own_certificate_and_ca_are_checked_by_name(tmp_path):
+    ca, cert, key = _ca_and_server_cert(tmp_path, "127.0.0.1")
+    async with hosts_run(tmp_path, [PY, "-c", "import os; print('via CA', os.environ['RANK'])"],
+                         2, 1, cert=cert, key=key, ca=ca) as (mesh, client, sink, notes):
+        assert await mesh.wait() == [0, 0]
+        await client.flush()
+    assert sorted(sink.lines()) == ["via CA 0", "via CA 1"]
+    # The same certificate, but the agents expect another name: refused, the run cannot start.
+    with pytest.raises(lm.LogmeshError) as info:
+        async with hosts_run(tmp_path, [PY, "-c", "print('never')"], 1, 1, cert=cert, key=key,
+                             ca=ca, server_name="driver.example", join_timeout=20):
+            pass
+    assert "before node(s) 0 joined" in str(info.value)
+    assert "certificate is not valid for 'driver.example'" in str(info.value)
