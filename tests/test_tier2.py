@@ -1,7 +1,8 @@
 """Tier 2 (root): a real SLURM cluster on this machine (``tests/multihost/slurm.sh``: one
-slurmctld, three slurmd on loopback ports, munge) and real partitions between network
-namespaces.  Each test skips, saying why, where root, ``slurmd`` or ``ip netns`` is missing;
-``.ci/run`` installs SLURM first where it can.  Daemons and namespaces come down afterwards."""
+slurmctld, three slurmd on loopback ports, munge), a real sshd on loopback, and real
+partitions between network namespaces.  Each test skips, saying why, where root, ``slurmd``,
+``sshd`` or ``ip netns`` is missing; ``.ci/run`` installs SLURM and openssh first where it
+can.  Daemons and namespaces come down afterwards."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ import trio
 import trio_logmesh as lm
 
 from .conftest import CHILD_ENV, PY, Collected
-from .multihost import netns
+from .multihost import netns, sshd
 from .test_cli import LOGMESH, ROOT
+from .test_cli_launcher import Logmesh, gone
 
 SLURM_SH = Path(__file__).parent / "multihost" / "slurm.sh"
 AGENT = [PY, "-m", "trio_logmesh", "agent"]
@@ -210,3 +212,51 @@ async def test_a_real_partition_past_dead_after_loses_the_host_on_both_sides(hos
     assert any("was lost" in n for n in sink.notices())
     print(json.dumps({"partition_reported_after_s": round(took[0], 3)}))
 
+
+
+# -- ssh ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ssh(tmp_path_factory):
+    """An sshd on loopback; yields the environment whose ``LOGMESH_SSH`` reaches it."""
+    reason = sshd.why_not()
+    if reason:
+        pytest.skip(reason)
+    server = sshd.start(tmp_path_factory.mktemp("sshd"))
+    try:
+        env = dict(os.environ, LOGMESH_SSH=server.ssh)
+        env.pop("PYTHONUNBUFFERED", None)
+        yield env
+    finally:
+        server.close()
+
+
+def test_ssh_runs_one_agent_per_host_over_a_real_sshd(ssh, tmp_path):
+    res = subprocess.run(
+        [*LOGMESH, "run", "--launcher", "ssh", "--hosts", "127.0.0.1,localhost",
+         "--nproc-per-node", "2", "--rdzv-endpoint", "127.0.0.1:0", "--log-dir",
+         str(tmp_path), "--", PY, "-c",
+         "import os, sys; print('hi', os.environ['RANK']); sys.stdout.write('partial')"],
+        capture_output=True, text=True, env=ssh, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr
+    texts = sorted(ln.split("] ", 1)[1] for ln in res.stdout.splitlines())
+    assert texts == sorted([*(f"hi {r}" for r in range(4)), *["partial"] * 4])
+
+
+def test_ssh_agents_stop_their_ranks_when_the_driver_is_killed(ssh, tmp_path):
+    # ssh without a pty leaves the remote process running: the agent notices the end of its
+    # stdin (the session that carried the join document) and stops its ranks.
+    ticker = ("import os, time\n"
+              "print(f\"r{os.environ['RANK']} up pid {os.getpid()}\", flush=True)\n"
+              "while True: time.sleep(0.05)\n")
+    driver = Logmesh(["run", "--launcher", "ssh", "--hosts", "127.0.0.1,localhost",
+                      "--nproc-per-node", "1", "--rdzv-endpoint", "127.0.0.1:0",
+                      "--dead-after", "3", "--", PY, "-c", ticker], tmp_path, env=ssh)
+    try:
+        found = driver.read_until(r"r\d+ up pid \d+", 2)
+        pids = [int(m.rsplit(" ", 1)[1]) for m in found]
+        driver.proc.send_signal(signal.SIGKILL)
+        driver.proc.wait(timeout=10)
+    finally:
+        if driver.proc.poll() is None:
+            driver.proc.kill()
+    assert len(pids) == 2 and gone(pids, timeout=15)

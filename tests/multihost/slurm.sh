@@ -3,7 +3,8 @@
 # one slurmctld and NODES slurmd processes, each a "node" on 127.0.0.1 with its own port,
 # munge for authentication.  Settings and pitfalls as measured in the project's notes.
 #
-#   slurm.sh install          apt-get install slurmd slurmctld slurm-client munge (root)
+#   slurm.sh install          apt-get install slurmd slurmctld slurm-client munge, and
+#                             openssh-server/-client for the ssh tests (root)
 #   slurm.sh up DIR [NODES]   write DIR/slurm.conf, start munged (if needed) and the daemons,
 #                             wait until every node is idle; prints SLURM_CONF=DIR/slurm.conf
 #   slurm.sh down DIR         stop the daemons this script started under DIR (by pid file)
@@ -14,7 +15,8 @@ install_packages() {
     command -v apt-get >/dev/null || { echo "slurm.sh install: no apt-get here" >&2; exit 2; }
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >/dev/null
-    apt-get install -y -qq --no-install-recommends slurmd slurmctld slurm-client munge >/dev/null
+    apt-get install -y -qq --no-install-recommends slurmd slurmctld slurm-client munge \
+        openssh-server openssh-client >/dev/null
 }
 
 up() {
