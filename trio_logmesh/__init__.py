@@ -5,8 +5,9 @@ files, with Python logging levels set from the driver.  See the README for a tou
 
 The code is layered by where it runs: ``protocol`` (frames and the control channel, the same
 on every side), ``host`` (the ranks' processes, pipes and files), ``child`` (the agent inside
-each Python rank), ``view`` (the driver's client, aggregation and sinks), ``cli`` and
-``bench``.  The public names are re-exported here.
+each Python rank), ``view`` (the driver's client, aggregation and sinks), ``hostmesh`` (the
+driver's side of a run over many hosts: agents dial back over TLS), ``cli`` and ``bench``.
+The public names are re-exported here.
 """
 
 from ._errors import ClientClosed, ClientReplaced, FlushTimeout, HostLost, LogmeshError
