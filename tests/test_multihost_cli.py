@@ -139,8 +139,10 @@ def test_the_ssh_launcher_sends_the_join_document_down_the_session(tmp_path):
     assert res.returncode == 0, res.stderr
     assert sorted(ln.split("] ", 1)[1] for ln in res.stdout.splitlines()) == [
         "hello 0 2", "hello 1 2"]
-    calls = (tmp_path / "ssh.log").read_text().splitlines()
-    assert len(calls) == 2 and "'h-one'" in calls[0] and "'h-two'" in calls[1]
+    calls = sorted((tmp_path / "ssh.log").read_text().splitlines())  # in any order
+    assert len(calls) == 2
+    assert "'h-one'" in calls[0] and calls[0].endswith("--node-rank 0']")
+    assert "'h-two'" in calls[1] and calls[1].endswith("--node-rank 1']")
     assert not TOKEN_RX.search((tmp_path / "ssh.log").read_bytes())
 
 
