@@ -75,3 +75,17 @@ def test_parser_and_that_parsing_does_not_import_the_benchmarks() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "['trio_logmesh.bench', 'trio_logmesh.bench._options']"
+
+
+def test_hosts_smoke_names_the_lost_host_and_judges_three_targets() -> None:
+    from trio_logmesh.bench import _hosts
+
+    results = _hosts.hosts(nnodes=2, procs=2, flushes=3, lines=3000, repeat=1, dead_after=1.0)
+    flush, link, lost = results
+    assert flush["agents_x_ranks"] == "2x2" and flush["flush_p50_ms"] > 0
+    assert link["lines_per_proc"] == 3000 and link["link_over_one_host"] > 0
+    assert lost["named_host_and_ranks"] is True
+    assert lost["killed_reported_max_s"] > 0 and lost["stopped_reported_max_s"] > 0
+    rows = _hosts.hosts_targets(results)
+    assert [r[1].split(" (")[0] for r in rows] == [
+        "flush p50 ms", "throughput one TLS link / one host", "lost agent reported, s"]

@@ -5,15 +5,17 @@ files, with Python logging levels set from the driver.  See the README for a tou
 
 The code is layered by where it runs: ``protocol`` (frames and the control channel, the same
 on every side), ``host`` (the ranks' processes, pipes and files), ``child`` (the agent inside
-each Python rank), ``view`` (the driver's client, aggregation and sinks), ``cli`` and
-``bench``.  The public names are re-exported here.
+each Python rank), ``view`` (the driver's client, aggregation and sinks), ``hostmesh`` (the
+driver's side of a run over many hosts: agents dial back over TLS), ``cli`` and ``bench``.
+The public names are re-exported here.
 """
 
 from typing import Any
 
-from ._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError
+from ._errors import ClientClosed, ClientReplaced, FlushTimeout, HostLost, LogmeshError
 from .host._launch import default_log_root
 from .host._mesh import ProcMesh, open_proc_mesh, register_view_factory
+from .hostmesh._mesh import HostMesh, open_host_mesh
 from .view._client import LoggingMeshClient, open_logging_client
 from .view._records import GroupLine, LogLines, Notice, Output, format_output
 from .view._sinks import (
@@ -60,6 +62,8 @@ __all__ = [
     "FileSink",
     "FlushTimeout",
     "GroupLine",
+    "HostLost",
+    "HostMesh",
     "JsonSink",
     "LogLines",
     "LoggingMeshClient",
@@ -73,6 +77,7 @@ __all__ = [
     "format_output",
     "load_ipython_extension",
     "make_sink",
+    "open_host_mesh",
     "open_logging_client",
     "open_proc_mesh",
     "unload_ipython_extension",

@@ -49,6 +49,36 @@ class FlushTimeout(LogmeshError):
         super().__init__(f"flush timed out after {timeout:g} s: {what}")
 
 
+class HostLost(FlushTimeout):
+    """One or more hosts of a run over many hosts were lost: their agent died, or was not
+    heard from for ``dead_after`` seconds.
+
+    Raised at once by a pending ``flush()`` (and by every later one), and by
+    ``HostMesh.wait()``/``wait_rank()`` for ranks whose exit will never be known.
+    ``missing_hosts`` maps each lost host to what happened to it; ``missing_ranks`` are the
+    ranks whose output or exit may not all have arrived (their hosts' ranks, and in a flush
+    any other rank that had not answered yet); ``reasons`` says why, per rank.
+    """
+
+    def __init__(
+        self,
+        missing_hosts: dict[str, str],
+        missing_ranks: list[int],
+        version: int = 0,
+        reasons: dict[int, str] | None = None,
+    ) -> None:
+        self.missing_hosts = dict(missing_hosts)
+        LogmeshError.__init__(self)  # the message is ours, not FlushTimeout's
+        self.version = version
+        self.missing_ranks = list(missing_ranks)
+        self.timeout = 0.0
+        self.reasons = dict(reasons or {})
+        hosts = "; ".join(f"host {h} was lost ({why})" for h, why in sorted(missing_hosts.items()))
+        ranks = ", ".join(map(str, missing_ranks[:8]))
+        more = f" and {len(missing_ranks) - 8} more" if len(missing_ranks) > 8 else ""
+        self.args = (f"{hosts}: ranks {ranks}{more} may be incomplete",)
+
+
 def leaf_errors(exc: BaseException) -> list[BaseException]:
     """The exceptions in ``exc`` (groups flattened), without trio's ``Cancelled``."""
     if isinstance(exc, BaseExceptionGroup):

@@ -3,7 +3,8 @@
 import json
 import sys
 
+from ._hosts import HOST_TRIALS
 from ._trials import TRIALS
 
 kind, params = sys.argv[1:]
-print(json.dumps(TRIALS[kind](**json.loads(params))))
+print(json.dumps({**TRIALS, **HOST_TRIALS}[kind](**json.loads(params))))

@@ -46,13 +46,24 @@ def run_scenario(name: str, args: argparse.Namespace) -> list[Result]:
         return [stall(p, lines or 1_000_000, args.stall_seconds) for p in procs or [2]]
     if name == "idle":
         return [idle(p) for p in procs or [128]]
+    if name == "hosts":
+        from ._hosts import hosts
+
+        return hosts(args.nnodes, (procs or [16])[0], args.flushes, lines or 250_000,
+                     repeat or 3, args.dead_after)
     raise ValueError(f"unknown scenario {name!r}")
 
 
 def _print_scenario(name: str, results: list[Result], as_json: bool) -> list[Target]:
     print(f"== {name} ==")
-    print(format_table(results))
-    rows = targets(name, results)
+    if name == "hosts":  # one table per figure: their metrics differ
+        from ._hosts import hosts_targets
+
+        print("\n\n".join(format_table([r]) for r in results))
+        rows = hosts_targets(results)
+    else:
+        print(format_table(results))
+        rows = targets(name, results)
     if as_json:
         print(json.dumps({"scenario": name, "results": results}))
     print(flush=True)
@@ -74,6 +85,7 @@ def run_all(args: argparse.Namespace) -> list[Target]:
     summary += _print_scenario("memory", [memory(16, args.seconds, args.sink_delay)], args.json)
     summary += _print_scenario("stall", [stall(2, 1_000_000, args.stall_seconds)], args.json)
     _print_scenario("idle", [idle(128)], args.json)
+    summary += _print_scenario("hosts", run_scenario("hosts", args), args.json)
     print("== summary ==")
     print(format_targets(summary))
     return summary

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 SCENARIOS = ("throughput", "aggregate", "cpu", "latency", "flush", "memory", "stall", "idle",
-             "grouping", "all")
+             "grouping", "hosts", "all")
 
 
 def _int_list(text: str) -> list[int]:
@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-p", "--procs", type=_int_list, action="extend", default=None, metavar="N[,N]",
         help="children (repeatable / comma list; default: 4 for throughput, aggregate and cpu; "
-             "4,32,128 for flush; 16 for memory; 2 for stall; 128 for idle)",
+             "4,32,128 for flush; 16 for memory; 2 for stall; 128 for idle; 16 per agent for "
+             "hosts)",
     )
     parser.add_argument(
         "-l", "--lines", type=int, default=None,
@@ -50,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stall-seconds", type=float, default=25.0,
                         help="stall: how long the children may take with stdout unread "
                              "(default 25)")
+    parser.add_argument("--nnodes", type=int, default=8,
+                        help="hosts: local agents (default 8; -p sets ranks per agent, "
+                             "default 16)")
+    parser.add_argument("--dead-after", type=float, default=2.0,
+                        help="hosts: dead_after of the lost-agent figure (default 2)")
     parser.add_argument("--json", action="store_true",
                         help="also print each scenario's results as one JSON line")
 

@@ -278,7 +278,9 @@ def start() -> None:
         import logging
 
         logging.getLogger().setLevel(int(level))
-    rank = int(os.environ.get("RANK", "0"))
+    # The host's own index of the rank (RANK is global in a run over many hosts, and the
+    # user's to change).
+    rank = int(os.environ.pop("LOGMESH_RANK", None) or os.environ.get("RANK", "0"))
     conn = _control.ControlConnection(_control.AGENT, token)
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 
 import trio
 
+from ._agent import add_agent_parser, agent_command
+from ._multihost import MULTIHOST_EPILOG, add_multihost_arguments
 from ._run import DEFAULT_WINDOW, run_command
 
 MAIN_HELP = """\
@@ -94,13 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     run = sub.add_parser(
         "run", help="start N ranks of a command (like torchrun --nproc-per-node, mpirun -n)",
-        epilog=RUN_EPILOG,
+        epilog=RUN_EPILOG + "\n" + MULTIHOST_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="logmesh run -n N [options] -- CMD [ARG ...]",
+        usage="logmesh run -n N [--nnodes N --launcher none|slurm|ssh|local] [options] -- "
+              "CMD [ARG ...]",
         description="Start N ranks of CMD on this host and stream their output.",
     )
-    run.add_argument("-n", "--nproc", type=int, required=True, metavar="N",
-                     help="number of ranks to start")
+    run.add_argument("-n", "--nproc", "--nproc-per-node", type=int, required=True,
+                     metavar="N", help="number of ranks to start (on each host)")
     win = run.add_mutually_exclusive_group()
     win.add_argument("--window", type=_positive, default=None, metavar="SEC",
                      help="fold the ranks' lines, a line waiting at most SEC seconds for its "
@@ -142,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="when the live view falls behind: drop lines from it (counted; the "
                           "default on a terminal) or block the ranks until it catches up (the "
                           "default when stdout is a file or a pipe: every line is written)")
+    add_multihost_arguments(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]",
                      help="the program each rank runs")
     bench = sub.add_parser("bench", help="measure the pipeline against a bare pipe reader",
@@ -149,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "with a baseline in the same invocation and reports "
                                        "medians and ratios.")
     add_bench_arguments(bench)
+    add_agent_parser(sub)
     return parser
 
 
@@ -175,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "bench":
         return bench_command(args)
+    if args.command == "agent":
+        return agent_command(args)
     return trio.run(run_command, args, restrict_keyboard_interrupt_to_checkpoints=True)
 
 

@@ -34,12 +34,13 @@ from contextlib import AsyncExitStack
 import attrs
 import trio
 
-from .._errors import LogmeshError
+from .._errors import HostLost, LogmeshError
 from ..host._mesh import ProcMesh, open_proc_mesh
 from ..view._aggregate import fold_ranks
 from ..view._client import LoggingMeshClient, check_mode
 from ..view._sinks import JsonSink, TerminalSink
 from ..view._writer import TextOutput
+from . import _multihost as mh
 
 #: The folding window on a terminal, in seconds (``--window``).
 DEFAULT_WINDOW = 3.0
@@ -82,19 +83,6 @@ def _what(code: int) -> str:
     return f"exit {code}"
 
 
-def _tail(path: str, n: int = 3) -> list[str]:
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 8192))
-            data = fh.read()
-    except OSError:
-        return []
-    lines = [ln for ln in data.decode("utf-8", "replace").splitlines() if ln.strip()]
-    return lines[-n:]
-
-
 @attrs.define
 class Outcome:
     """Why the run ended the way it did, for the summary and the exit status."""
@@ -118,18 +106,20 @@ def summary(mesh: ProcMesh, codes: Sequence[int | None], outcome: Outcome) -> li
     out: list[str] = []
     failed = {r: c for r, c in enumerate(codes) if c and r not in outcome.stopped}
     if failed:
-        by_code: dict[int, list[int]] = collections.defaultdict(list)
+        by_code: dict[tuple[int, str], list[int]] = collections.defaultdict(list)
         for r, c in failed.items():
-            by_code[c].append(r)
+            by_code[c, mh.host_label(mesh, r)].append(r)
         parts = [f"rank{'s' if len(rs) > 1 else ''} {fold_ranks(rs)} ({_what(c)})"
-                 for c, rs in sorted(by_code.items(), key=lambda kv: min(kv[1]))]
+                 + (f" on {host}" if host else "")
+                 for (c, host), rs in sorted(by_code.items(), key=lambda kv: min(kv[1]))]
         out.append(f"logmesh: {len(failed)} of {len(codes)} rank(s) failed: {', '.join(parts)}")
         for r in sorted(failed)[:4]:
-            for line in _tail(mesh.log_files(r)[1]):
+            for line in mesh.stderr_tail(r):
                 out.append(f"logmesh:   [{r}] {line}")
-    if outcome.stopped and not outcome.output_closed:  # a closed pipe ends quietly
-        out.append(f"logmesh: stopped rank(s) {fold_ranks(outcome.stopped)} "
-                   f"({outcome.reason})")
+    out.extend(mh.lost_lines(mesh))
+    stopped = outcome.stopped - mh.lost_ranks(mesh)
+    if stopped and not outcome.output_closed:  # a closed pipe ends quietly
+        out.append(f"logmesh: stopped rank(s) {fold_ranks(stopped)} ({outcome.reason})")
     for path, error, kept in mesh.incomplete_files:
         out.append(f"logmesh: {path} is incomplete: {error.strerror or error} after "
                    f"{kept:,} bytes")
@@ -235,12 +225,15 @@ async def _watch_failures(sup: Supervisor, say: Callable[[str], Awaitable[None]]
     mesh = sup.mesh
 
     async def one(rank: int) -> None:
-        code = await mesh.wait_rank(rank)
-        if code == 0 or sup.stopping or sup.outcome.failure is not None:
-            return
-        sup.outcome.failure = (rank, code)
-        with trio.move_on_after(FAIL_FAST_AFTER):  # the others may end by themselves
-            await mesh.wait()
+        try:
+            code = await mesh.wait_rank(rank)
+            if code == 0 or sup.stopping or sup.outcome.failure is not None:
+                return
+            sup.outcome.failure = (rank, code)
+            with trio.move_on_after(FAIL_FAST_AFTER):  # the others may end by themselves
+                await mesh.wait()
+        except HostLost:
+            return  # the main task reports a lost host and stops the run
         if not sup.stopping and None in mesh.returncodes:
             await say(f"logmesh: rank {rank} failed ({_what(code)}); stopping the other ranks "
                       "(--keep-going lets them run)")
@@ -287,6 +280,9 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], int | None]:
         raise UsageError(f"--ranks {max(args.ranks)} is not below -n {args.nproc}")
     if args.stdin is not None and args.stdin >= args.nproc:
         raise UsageError(f"--stdin {args.stdin} is not below -n {args.nproc}")
+    problem = mh.check_multihost_args(args)
+    if problem is not None:
+        raise UsageError(problem)
     return cmd, level
 
 
@@ -334,11 +330,15 @@ async def run_command(args: argparse.Namespace) -> int:
     try:
         async with AsyncExitStack() as stack:
             try:
-                mesh = await stack.enter_async_context(open_proc_mesh(
-                    cmd, procs=args.nproc, log_root=args.log_dir, keep_runs=args.keep_runs,
-                    drop_policy=drop_policy, log_level=level, grace=args.grace,
-                    stdin=args.stdin, announce=False,
-                ))
+                if mh.is_multihost(args):
+                    mesh = await stack.enter_async_context(
+                        mh.open_cli_host_mesh(args, cmd, level, say, drop_policy))
+                else:
+                    mesh = await stack.enter_async_context(open_proc_mesh(
+                        cmd, procs=args.nproc, log_root=args.log_dir, keep_runs=args.keep_runs,
+                        drop_policy=drop_policy, log_level=level, grace=args.grace,
+                        stdin=args.stdin, announce=False,
+                    ))
             except OSError as exc:
                 if exc.filename is not None and os.fspath(exc.filename) == cmd[0]:
                     line, status = _cannot_run(cmd, exc)
@@ -350,8 +350,8 @@ async def run_command(args: argparse.Namespace) -> int:
                 return 1
             except LogmeshError as exc:
                 await say(f"logmesh: {exc}")
-                return 1
-            await say(f"logmesh: {args.nproc} rank(s), logs in {mesh.run_dir}")
+                return getattr(exc, "status", 1)
+            await say(mh.banner(mesh))
             async with trio.open_nursery() as nursery:
                 client = await LoggingMeshClient.spawn(nursery, mesh, sink=sink,
                                                        ranks=args.ranks)
@@ -365,11 +365,13 @@ async def run_command(args: argparse.Namespace) -> int:
                 if not args.keep_going:
                     nursery.start_soon(_watch_failures, sup, say)
                 with main:
-                    await mesh.wait()
+                    await mh.wait_ranks(mesh, sup.stop)
                     if not (outcome.output_closed or outcome.output_error):
                         timeout = FINAL_FLUSH_INTERRUPTED if outcome.signal else FINAL_FLUSH
                         try:
                             await client.flush(timeout=timeout)
+                        except HostLost:
+                            pass  # the view said so, and the summary names the host
                         except LogmeshError as exc:  # a report, not a reason to lose the status
                             await say(f"logmesh: {exc}")
                 client.close_timeout = 1.0 if (sup.stopping or main.cancel_called) else 5.0
@@ -385,6 +387,9 @@ async def run_command(args: argparse.Namespace) -> int:
         return EXIT_OUTPUT_CLOSED
     if outcome.output_error is not None:
         return 1
+    lost = mh.lost_status(mesh)
+    if lost is not None:
+        return lost
     # A failure: the lowest failing rank among those logmesh did not stop itself.
     return exit_status([None if r in outcome.stopped else c
                         for r, c in enumerate(mesh.returncodes)])

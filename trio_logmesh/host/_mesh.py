@@ -33,12 +33,14 @@ from ..protocol import _wire as w
 from . import _agents
 from ._forwarder import Delivery, Forwarders, LogForwardActor, ViewLink
 from ._launch import (
+    World,
     child_env,
     compile_child_modules,
     free_port,
     log_paths,
     make_run_dir,
     make_socket_dir,
+    tail_lines,
     use_run_dir,
 )
 from ._lines import MAX_LINE, PROGRESS_INTERVAL, LineSplitter
@@ -126,12 +128,19 @@ class ProcMesh:
     _nursery: trio.Nursery | None = None
     _views: list[OwnedView] = attrs.field(factory=list)
     _grace: float = 5.0
+    #: Where this host's ranks stand in a run over many hosts (the default: one host).
+    world: World = World()
 
     def log_files(self, rank: int) -> tuple[str, str]:
-        """The paths of ``rank``'s stdout and stderr files."""
+        """The paths of ``rank``'s stdout and stderr files (named by the global rank)."""
         if not 0 <= rank < self.size:
             raise ValueError(f"rank {rank} is not in a mesh of {self.size}")
-        return log_paths(self.run_dir, rank, self.size)
+        return log_paths(self.run_dir, self.world.node_rank * self.size + rank,
+                         self.world.nnodes * self.size)
+
+    def stderr_tail(self, rank: int, n: int = 3) -> list[str]:
+        """The last ``n`` non-blank lines of ``rank``'s stderr file, for a summary."""
+        return tail_lines(self.log_files(rank)[1], n)
 
     @property
     def pids(self) -> list[int]:
@@ -156,6 +165,11 @@ class ProcMesh:
         code = await self._ranks[rank].returncode.wait_value(lambda v: v is not None)
         assert code is not None
         return code
+
+    async def wait_output_ended(self, rank: int) -> None:
+        """Wait until ``rank``'s output has ended: its pipes reached EOF (or were given up)
+        and its ``Exit`` is in its stream; its files are complete then."""
+        await self._ranks[rank].drained.wait()
 
     async def wait(self) -> list[int]:
         """Wait for every child to exit; return the exit codes by rank."""
@@ -290,6 +304,7 @@ async def open_proc_mesh(
     max_line: int = MAX_LINE,
     progress_interval: float = PROGRESS_INTERVAL,
     drain_timeout: float = DRAIN_TIMEOUT,
+    world: World | None = None,
 ) -> AsyncIterator[ProcMesh]:
     """Start ``procs`` copies of ``cmd`` on this host and capture their output.
 
@@ -324,6 +339,11 @@ async def open_proc_mesh(
     never, only for barriers); an exited child's pipes held open and silent by a descendant are
     given up after ``drain_timeout`` seconds.  ``log_level`` is the root Python logging level
     the Python children start with.
+
+    ``world`` places these ranks on one host of a run over many (a host agent passes it): the
+    ranks get global ``RANK``/``WORLD_SIZE``, ``NODE_RANK``/``GROUP_RANK`` and node 0's
+    ``MASTER_ADDR``/``MASTER_PORT``; files are named by global rank; a new run directory is
+    named after ``world.run_id``, the same on every host.
 
     Leaving the block flushes clients made by :meth:`ProcMesh.logging_option` and the files,
     then stops the children still running: SIGTERM, then SIGKILL after ``grace`` seconds.
@@ -360,13 +380,15 @@ async def open_proc_mesh(
     agent = python is not False
     if agent:
         compile_child_modules()
+    world = world if world is not None else World()
     token = secrets.token_bytes(w.TOKEN_SIZE)
     made_dir = log_dir is None or not os.path.isdir(log_dir)
-    run_dir = make_run_dir(log_root, keep_runs) if log_dir is None else use_run_dir(log_dir)
-    master_port = free_port()
+    run_dir = (make_run_dir(log_root, keep_runs, world.run_id) if log_dir is None
+               else use_run_dir(log_dir))
+    master_port = world.master_port or free_port()
     sock_dir = make_socket_dir()  # 0700: only this user may connect
     channel = os.path.join(sock_dir, "agents.sock")
-    mesh = ProcMesh(procs, run_dir, socket.gethostname(), grace=grace)
+    mesh = ProcMesh(procs, run_dir, socket.gethostname(), grace=grace, world=world)
     processes: list[RankProcess] = []
     appenders: list[tuple[FileAppender, FileAppender]] = []
     lsock = None
@@ -386,7 +408,7 @@ async def open_proc_mesh(
                 raise
             child = child_env(env, rank=rank, size=procs, channel=channel, run_dir=run_dir,
                               agent=agent, token=token, flush_interval=flush_interval,
-                              level=level, master_port=master_port)
+                              level=level, master_port=master_port, world=world)
             processes.append(start_rank(cmd, child, stdin=rank == stdin, nofile=rlimit))
             watchdog.watch(processes[-1].pid)  # its process group
     except BaseException:

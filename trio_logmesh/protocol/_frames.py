@@ -2,7 +2,7 @@
 
 Names follow Monarch's ``LogMessage``: :class:`Log` carries lines, :class:`Mark` is the seed's
 ``Flush{sync_version: v}`` -- the barrier marker behind the data -- and :class:`Exit` ends the
-stream with the rank's exit code.  Every frame has its rank's sequence number, so a view that
+stream with the rank's exit code (or :class:`Lost`, when the driver gave up on the rank's host).  Every frame has its rank's sequence number, so a view that
 is replaced, or reconnects over a link, resumes without losing or repeating anything.
 
 In one process these objects go from host to view on a memory channel, never encoded.  Across
@@ -56,7 +56,21 @@ class Exit:
     code: int
 
 
-Frame = Log | Mark | Exit
+@attrs.frozen
+class Lost:
+    """The rank's stream ended without its exit: the link to its host was lost.
+
+    Made by the driver (never sent over a link) for every rank of a host it gave up on, behind
+    everything that host's link delivered; ``host`` names the host and ``reason`` says what
+    happened (``"no word from its agent for 10 s"``).
+    """
+
+    seq: int
+    host: str
+    reason: str
+
+
+Frame = Log | Mark | Exit | Lost
 
 
 #: What a frame costs in memory besides its data, as counted against a rank's buffer limit.
@@ -78,8 +92,10 @@ def encode_frames(rank: int, frames: list[Frame]) -> bytes:
                                 tail=fr.data))
         elif isinstance(fr, Mark):
             out.append(w.encode(w.MARK, rank, fr.seq, fr.version))
-        else:
+        elif isinstance(fr, Exit):
             out.append(w.encode(w.EXIT, rank, fr.seq, fr.code))
+        else:
+            raise ValueError(f"{type(fr).__name__} frames are made by the driver, never sent")
     return b"".join(out)
 
 

@@ -12,7 +12,10 @@ use frames:
   ``HELLO``, ``WELCOME``, ``REJECT``, ``FORCE_SYNC_FLUSH``, ``FLUSHED``, ``SET_LEVEL``;
 * **the data link** (a host to a view in another process): ``LOG``, ``MARK``, ``EXIT``, each
   carrying its rank and per-rank sequence number.  When the view and the host share a
-  process, these frames travel as objects on a memory channel and are never encoded.
+  process, these frames travel as objects on a memory channel and are never encoded;
+* **the host link** (a host agent to the driver, one TLS connection per host): the data frames
+  above with global ranks, and the link's own control frames (``JOIN`` ... ``BYE``), whose
+  conversation ``_link`` keeps.
 """
 
 from __future__ import annotations
@@ -41,6 +44,28 @@ LOG = 10  # rank, seq, stream, flags, lines dropped before it in its stream; the
 MARK = 11  # rank, seq, barrier version: behind every byte the rank wrote before the barrier
 EXIT = 12  # rank, seq, exit code: the rank's output ended; nothing follows
 
+# Frame types: the host link (agent <-> driver); see ``_link`` for who sends what ----------
+JOIN = 20  # agent: token, node rank, link version; then JSON (host name, pid, address, ...)
+ACCEPT = 21  # driver: the join is accepted; then JSON (session, nnodes)
+REFUSE = 22  # driver: refused; then the reason (UTF-8); the connection closes next
+START = 23  # driver: start the ranks; then JSON (command, environment, options, world)
+STARTED = 24  # agent: the ranks run (or could not start); then JSON (run dir, pids, error)
+STREAM = 25  # driver: stream from epoch `e` on; then (rank u32, seq u64) pairs already received
+EPOCH = 26  # agent, in the data: the frames after this one belong to epoch `e`
+CONFIRM = 27  # driver: rank, seq: the view handled the rank's frames up to seq
+FLUSH = 28  # driver: rank, version: put Mark(version) behind what the rank wrote
+STREAMING = 29  # driver: rank, on: stream the rank's lines, or not
+LEVEL = 30  # driver: rank, level: the rank's root Python logging level
+CREDIT = 31  # driver: the agent may send this many more bytes of data frames
+HEARTBEAT = 32  # either side: still here
+SIGNAL = 33  # driver: signal; then the ranks (u32 each), none meaning all
+STOP = 34  # driver: signal, grace: stop the ranks (then SIGKILL after grace seconds)
+EXITED = 35  # agent: rank, code: the rank's process exited
+STATUS = 36  # agent: rank; then the host's account of a barrier that waits (UTF-8)
+TAIL = 37  # agent: rank; then the last lines of its stderr file (UTF-8), for a summary
+END = 38  # driver: the run is over; stop and leave
+BYE = 39  # agent: leaving; then why (UTF-8, empty for a normal end)
+
 FLAG_PARTIAL = 1  # the last line of a LOG payload has no newline yet
 FLAG_PROGRESS = 2  # the payload is the latest state of a line redrawn with \r (a progress bar)
 
@@ -54,9 +79,30 @@ LAYOUTS: dict[int, struct.Struct] = {
     LOG: struct.Struct("<IQBBQ"),
     MARK: struct.Struct("<IQq"),
     EXIT: struct.Struct("<IQi"),
+    JOIN: struct.Struct("<32sII"),
+    ACCEPT: struct.Struct("<"),
+    REFUSE: struct.Struct("<"),
+    START: struct.Struct("<"),
+    STARTED: struct.Struct("<"),
+    STREAM: struct.Struct("<Q"),
+    EPOCH: struct.Struct("<Q"),
+    CONFIRM: struct.Struct("<IQ"),
+    FLUSH: struct.Struct("<Iq"),
+    STREAMING: struct.Struct("<IB"),
+    LEVEL: struct.Struct("<Ii"),
+    CREDIT: struct.Struct("<Q"),
+    HEARTBEAT: struct.Struct("<"),
+    SIGNAL: struct.Struct("<i"),
+    STOP: struct.Struct("<id"),
+    EXITED: struct.Struct("<Ii"),
+    STATUS: struct.Struct("<I"),
+    TAIL: struct.Struct("<I"),
+    END: struct.Struct("<"),
+    BYE: struct.Struct("<"),
 }
 #: Types whose payload continues with free bytes after the fixed layout.
-TAILED = frozenset({LOG})
+TAILED = frozenset({LOG, JOIN, ACCEPT, REFUSE, START, STARTED, STREAM, SIGNAL, STATUS, TAIL,
+                    BYE})
 
 
 class FrameError(Exception):

@@ -31,10 +31,18 @@ from typing import Literal
 import attrs
 import trio
 
-from .._errors import ClientClosed, ClientReplaced, FlushTimeout, LogmeshError, leaf_errors, surface
+from .._errors import (
+    ClientClosed,
+    ClientReplaced,
+    FlushTimeout,
+    HostLost,
+    LogmeshError,
+    leaf_errors,
+    surface,
+)
 from .._levels import level_number
-from ..protocol._frames import Exit, Log, Mark
-from ._aggregate import Aggregator
+from ..protocol._frames import Exit, Log, Lost, Mark
+from ._aggregate import Aggregator, fold_ranks
 from ._align import Aligner
 from ._decode import RankState
 from ._port import Delivery, MeshPort, ViewLink
@@ -116,6 +124,8 @@ class _Barrier:
     pending: set[int]
     #: Ranks whose marker the view task has handled (their output may still wait for the sink).
     seen: set[int] = attrs.field(factory=set)
+    #: Ranks whose host was lost before their marker came: the barrier fails at once.
+    lost: set[int] = attrs.field(factory=set)
     done: trio.Event = attrs.field(factory=trio.Event)
 
 
@@ -238,7 +248,10 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         to those ranks (default: every rank); ``ValueError`` for a rank outside the mesh.
 
         Raises :class:`~trio_logmesh.FlushTimeout` (with ``missing_ranks`` and ``reasons``) if
-        ``timeout`` seconds pass first, :class:`~trio_logmesh.ClientClosed` on a client closed
+        ``timeout`` seconds pass first; its subclass :class:`~trio_logmesh.HostLost` (with
+        ``missing_hosts``) at once when a host of the run is lost while it waits, and after
+        every later barrier (which still covers the other hosts' ranks);
+        :class:`~trio_logmesh.ClientClosed` on a client closed
         while ranks still ran and :class:`~trio_logmesh.ClientReplaced` on a client whose
         ranks a newer one took over.  Cancelling it abandons only this barrier.
         """
@@ -252,6 +265,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
         link = self._link
         assert link is not None
         if self._done.is_set():
+            if any(st.lost for st in self._states):
+                raise self._host_lost(0, set())
             return  # every rank's output ended and was delivered: nothing to wait for
         deadline = math.inf if timeout is None else trio.current_time() + timeout
         version = link.new_version()
@@ -267,6 +282,8 @@ class LoggingMeshClient(trio.abc.AsyncResource):
             with trio.move_on_at(deadline):
                 await barrier.done.wait()
             self._check_open()
+            if barrier.lost or (not barrier.pending and any(st.lost for st in self._states)):
+                raise self._host_lost(version, barrier.pending | barrier.lost, barrier)
             if barrier.pending:
                 missing = sorted(barrier.pending)
                 reasons = {r: self._silence(barrier, r) for r in missing}
@@ -284,6 +301,18 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                         raise FlushTimeout(version, [], timeout or 0.0)
         finally:
             del self._barriers[version]
+
+    def _host_lost(self, version: int, missing: set[int],
+                   barrier: _Barrier | None = None) -> HostLost:
+        """The error for a barrier that lost hosts: every lost rank and ``missing`` ones."""
+        states = self._states
+        lost = {st.rank for st in states if st.lost}
+        hosts = {states[r].host or states[r].hostname: states[r].lost or "" for r in lost}
+        ranks = sorted(lost | missing)
+        reasons = {r: f"its host {states[r].host or states[r].hostname} was lost"
+                   if r in lost else (self._silence(barrier, r) if barrier else "")
+                   for r in ranks}
+        return HostLost(hosts, ranks, version, reasons)
 
     def _silence(self, barrier: _Barrier, rank: int) -> str:
         """Why ``rank`` has not acknowledged ``barrier``: the host's account, or the sink's."""
@@ -368,6 +397,9 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                     self._link = await nursery.start(self._serve, inbox_send)
                     for st in self._states:
                         st.hostname, st.pid = self._link.origin(st.rank)
+                    if len({st.hostname for st in self._states}) > 1:
+                        for st in self._states:  # lines say which host they came from
+                            st.host = st.hostname
                     nursery.start_soon(self._window_timer)
                     view_scope = trio.CancelScope()
                     nursery.start_soon(self._watch_replaced, view_scope)
@@ -467,6 +499,7 @@ class LoggingMeshClient(trio.abc.AsyncResource):
     def _handle(self, delivery: Delivery, out: list[Output | _Signal]) -> None:
         """Turn one delivery's frames into output and signals, in order."""
         states = self._states
+        lost: dict[tuple[str, str], list[int]] = {}
         for rank, frames in delivery:
             st = states[rank]
             for frame in frames:
@@ -482,15 +515,35 @@ class LoggingMeshClient(trio.abc.AsyncResource):
                 elif isinstance(frame, Exit):
                     st.finished = True
                     st.exit_code = frame.code
+                    where = f" on {st.host}" if st.host else ""
                     notices = [] if frame.code == 0 else [
-                        Notice("stderr", _exit_text(rank, frame.code), rank, time.time())]
+                        Notice("stderr", _exit_text(rank, frame.code) + where, rank,
+                               time.time())]
                     agg = self._aggregator
                     if agg is not None:  # its exit notice after the lines it still holds
                         out.extend(agg.rank_ended(rank, trio.current_time(), notices))
                     else:
                         out.extend(notices)
                     out.append(_Ended(rank))
+                elif isinstance(frame, Lost):
+                    # Its host is gone: the rank's output ends here, without an exit.  A
+                    # barrier waiting for it fails now, not at its timeout.
+                    st.finished = True
+                    st.lost = frame.reason
+                    lost.setdefault((frame.host, frame.reason), []).append(rank)
+                    for barrier in self._barriers.values():
+                        if rank in barrier.pending:
+                            barrier.lost.add(rank)
+                            barrier.done.set()
+                    agg = self._aggregator
+                    if agg is not None:
+                        out.extend(agg.rank_ended(rank, trio.current_time()))
+                    out.append(_Ended(rank))
                 st.last_seq = frame.seq
+        for (host, reason), ranks in lost.items():
+            out.append(Notice("stderr", f"host {host} was lost ({reason}): rank(s) "
+                                        f"{fold_ranks(ranks)} ended without their exit",
+                              None, time.time()))
 
     def _log(self, st: RankState, frame: Log, out: list[Output | _Signal]) -> None:
         if not self._streams(st.rank):

@@ -34,6 +34,10 @@ class RankState:
     rank: int
     hostname: str = ""
     pid: int = 0
+    #: The host named in the rank's tag: its host name when the run spans several hosts.
+    host: str = ""
+    #: Why the rank's stream ended without its exit (its host was lost), or None.
+    lost: str | None = None
     #: Sequence number of the last frame handled.
     last_seq: int = 0
     #: Lines the host reported dropped so far.
@@ -76,4 +80,4 @@ class RankState:
         partial = msg.partial and not msg.progress
         self.partial_open[sid] = partial
         return LogLines(self.rank, stream, data, self.hostname, self.pid, time.time(), partial,
-                        msg.progress)
+                        msg.progress, self.host)

@@ -40,6 +40,8 @@ class LogLines:
     #: One line: the latest state of a line redrawn with ``\r`` (a progress bar), shown at a
     #: throttled rate; its final state comes later as a complete line.
     progress: bool = False
+    #: The host shown in the tag when the run spans more than one host ("" otherwise).
+    host: str = ""
 
     @classmethod
     def of(
@@ -76,8 +78,9 @@ class LogLines:
         return self.data.count(b"\n") + 1
 
     def prefix(self) -> str:
-        """The short tag printed in front of each line, e.g. ``[3]``."""
-        return f"[{self.rank}]"
+        """The short tag printed in front of each line: ``[3]``, or ``[node-b:3]`` in a run
+        over many hosts."""
+        return f"[{self.host}:{self.rank}]" if self.host else f"[{self.rank}]"
 
 
 @attrs.frozen
