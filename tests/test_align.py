@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -222,6 +223,21 @@ def test_lines_differing_only_in_trailing_spaces_fold() -> None:
     out += agg.add(batch(1, "epoch 0: 100%|██████████| 30/30 [00:01<00:00, 19.87it/s]"), 0.1)
     assert texts(out) == [
         "[ranks 0-1] epoch 0: 100%|██████████| 30/30 [00:01<00:00, 19.87..19.90it/s]"]
+
+
+def test_in_a_run_over_many_hosts_lines_say_which_host() -> None:
+    agg = Aligner(2.0, range(4))
+    host = {0: "a/0", 1: "a/0", 2: "b/1", 3: "b/1"}
+    out: list[Output] = []
+    for r in range(4):
+        out += agg.add(attrs.evolve(batch(r, f"step 1 loss 0.{r}"), host=host[r]), 0.0)
+    out += agg.add(attrs.evolve(batch(3, "only me"), host="b/1"), 0.1)
+    out += agg.add(attrs.evolve(batch(2, "left 1"), host="b/1"), 0.1)
+    out += agg.add(attrs.evolve(batch(3, "left 2"), host="b/1"), 0.1)
+    out += agg.drain(0.2)
+    assert [format_output(o) for o in out] == [
+        "[ranks 0-3 on a/0,b/1] step 1 loss 0.0..0.3", "[b/1:3] only me",
+        "[ranks 2-3 on b/1] left 1..2"]
 
 
 def test_progress_states_fold_by_each_ranks_latest_state() -> None:

@@ -94,6 +94,7 @@ class _Group:
     template: Template
     count: int = 0
     ranks: set[int] = attrs.field(factory=set)
+    hosts: set[str] = attrs.field(factory=set)  # in a run over many hosts
     batch: LogLines | None = None  # the last batch that brought held lines
     first_batch: LogLines | None = None  # batch and index of the first held line
     first_index: int = 0
@@ -115,6 +116,8 @@ class _Group:
             self.first_index = index
             self.first_time = self.last_time = t
         self.ranks.add(batch.rank)
+        if batch.host:
+            self.hosts.add(batch.host)
 
     def take(
         self, clean: Sequence[str], a: int, k: int, reps: int, period: int, spans: Spans,
@@ -140,7 +143,7 @@ class _Group:
         if self.count == 1:
             line = batch.lines[self.first_index]
             return LogLines(batch.rank, self.stream, line.encode("utf-8", "surrogateescape"),
-                            batch.hostname, batch.pid, batch.time)
+                            batch.hostname, batch.pid, batch.time, host=batch.host)
         parts = self.template.parts
         pieces = [parts[0]]
         for fv, part in zip(self.fields or (), parts[1:], strict=True):
@@ -155,6 +158,7 @@ class _Group:
             ranks_text=fold_ranks(ranks),
             first_time=self.first_time,
             last_time=self.last_time,
+            hosts=tuple(sorted(self.hosts)),
         )
 
 
@@ -322,7 +326,7 @@ class Aggregator:
             else:
                 data = "\n".join(batch.lines[a:b]).encode("utf-8", "surrogateescape")
             out.append(LogLines(batch.rank, batch.stream, data, batch.hostname, batch.pid,
-                                batch.time, batch.partial and b == n))
+                                batch.time, batch.partial and b == n, host=batch.host))
         return out
 
     def _classify(

@@ -152,6 +152,7 @@ class Aligner:
         self._continued: set[tuple[int, Stream]] = set()
         self._shapes = ShapeCache()
         self._origin: dict[int, tuple[str, int]] = {}
+        self._host_of: dict[int, str] = {}  # the host tag of each rank (runs over many hosts)
         self._dirty: set[_Slot] = set()
         # The flood valve: lines counted since ``_since``; while ``_flooding``, every chunk is
         # shown as it is.
@@ -255,6 +256,8 @@ class Aligner:
             out.append(batch)
             return out
         rank, stream = batch.rank, batch.stream
+        if batch.host:
+            self._host_of[rank] = batch.host
         key = (rank, stream)
         other = (rank, "stdout" if stream == "stderr" else "stderr")
         if other in self._open_blocks:  # the rank's order across its streams
@@ -535,7 +538,7 @@ class Aligner:
                 return
             data = "\n".join(u.lines).encode("utf-8", "surrogateescape")
             out.append(LogLines(u.rank, slot.stream, data, u.hostname, u.pid, u.time, u.partial,
-                                u.progress))
+                                u.progress, self._host_of.get(u.rank, "")))
             return
         ranks = tuple(sorted(units))
         us = [units[r] for r in ranks]
@@ -548,7 +551,13 @@ class Aligner:
         else:
             text = _fold_line(slot.key[1], self._shapes, us)
         out.append(GroupLine(slot.stream, text, len(us), ranks, fold_ranks(ranks),
-                             min(times), max(times)))
+                             min(times), max(times), self._hosts(ranks)))
+
+    def _hosts(self, ranks: tuple[int, ...]) -> tuple[str, ...]:
+        host_of = self._host_of
+        if not host_of:
+            return ()
+        return tuple(sorted({host_of[r] for r in ranks if r in host_of}))
 
     # -- progress bars -------------------------------------------------------------------
     def _progress(self, batch: LogLines, now: float) -> None:
@@ -577,14 +586,15 @@ class Aligner:
         if len(states) == 1:
             (u,) = states.values()
             out.append(LogLines(u.rank, board.stream, u.lines[0].encode("utf-8", "surrogateescape"),
-                                u.hostname, u.pid, u.time, False, True))
+                                u.hostname, u.pid, u.time, False, True,
+                                self._host_of.get(u.rank, "")))
             return
         ranks = tuple(sorted(states))
         us = [states[r] for r in ranks]
         text = _fold_line(board.template, self._shapes, us)
         times = [u.time for u in us]
         out.append(GroupLine(board.stream, text, len(us), ranks, fold_ranks(ranks),
-                             min(times), max(times)))
+                             min(times), max(times), self._hosts(ranks)))
 
 
 def _fold_line(template: Template, shapes: ShapeCache, units: list[_Unit]) -> str:

@@ -100,13 +100,21 @@ class GroupLine:
     ranks_text: str
     first_time: float
     last_time: float
+    #: The hosts of ``ranks`` when the run spans more than one host (else empty).
+    hosts: tuple[str, ...] = ()
 
     def prefix(self) -> str:
         """The tag printed in front of the group's lines: ``[ranks 0-63]`` for one line (or
-        block) of each rank, ``[120x ranks 0-3]`` when it stands for more lines than ranks."""
+        block) of each rank, ``[120x ranks 0-3]`` when it stands for more lines than ranks;
+        in a run over many hosts, with them: ``[ranks 0-3 on node-a,node-b]`` (past three,
+        ``on 8 hosts``)."""
+        where = ""
+        if self.hosts:
+            named = ",".join(self.hosts) if len(self.hosts) <= 3 else f"{len(self.hosts)} hosts"
+            where = f" on {named}"
         if self.count == len(self.ranks):
-            return f"[ranks {self.ranks_text}]"
-        return f"[{self.count}x ranks {self.ranks_text}]"
+            return f"[ranks {self.ranks_text}{where}]"
+        return f"[{self.count}x ranks {self.ranks_text}{where}]"
 
 
 @attrs.frozen

@@ -145,7 +145,7 @@ class JsonSink:
     Lines: ``time``, ``rank``, ``host``, ``pid``, ``stream``, ``text`` (and ``partial`` when the
     line had no newline yet, ``progress`` for a progress bar's state).  Groups: ``time``,
     ``ranks``, ``count``, ``stream``, ``text``, ``group: true``, ``first_time``,
-    ``last_time``.  Notices: ``notice: true``.
+    ``last_time`` (and ``hosts`` in a run over many hosts).  Notices: ``notice: true``.
     """
 
     def __init__(self, file: TextIO | None = None) -> None:
@@ -182,11 +182,14 @@ class JsonSink:
                 out[-1] = out[-1][:-1] + ', "partial": true}'
             return "\n".join(out) + "\n"
         if isinstance(item, GroupLine):
-            return json.dumps({
+            record = {
                 "time": item.first_time, "ranks": list(item.ranks), "count": item.count,
                 "stream": item.stream, "text": item.text, "group": True,
                 "first_time": item.first_time, "last_time": item.last_time,
-            }) + "\n"
+            }
+            if item.hosts:
+                record["hosts"] = list(item.hosts)
+            return json.dumps(record) + "\n"
         return json.dumps({"time": item.time, "rank": item.rank, "stream": item.stream,
                            "text": item.text, "notice": True}) + "\n"
 
