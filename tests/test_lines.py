@@ -121,6 +121,18 @@ def test_a_bar_ending_in_cr_shows_its_latest_state_when_idle():
     assert s.take_partial() == [(b"20%", 2)]  # the latest state, not nothing
 
 
+def test_a_bar_state_is_handed_on_once() -> None:
+    s = LineSplitter()
+    assert s.feed(b"\rprogress 1/8", 0) == [(b"progress 1/8", 2)]
+    assert not s.pending and s.take_partial() == []  # shown already: not again when idle
+    assert s.feed(b"\rprogress 2/8", 0.1) == []  # throttled
+    assert s.pending and s.take_partial() == [(b"progress 2/8", 2)]
+    assert s.take_partial() == []
+    # The newline ends the line in its final state; nothing is left over.
+    assert s.feed(b"\n", 0.2) == [(b"\rprogress 2/8\n", 0)]
+    assert not s.pending and s.take_partial() == []
+
+
 @given(st.lists(st.integers(0, 400), min_size=1, max_size=30), st.integers(80, 200))
 def test_long_lines_arriving_whole_are_cut_exactly_like_one_by_one(lengths, max_line):
     from trio_logmesh.host._lines import cut_long_lines

@@ -10,7 +10,8 @@ chunking.  What it guarantees:
   the next run.
 * **Progress bars.** While the held partial line contains ``\\r`` (tqdm, pip, custom bars
   redraw in place), only its latest state is kept: the text after the last ``\\r``.  That state
-  comes out as a partial line at most once per ``progress_interval`` seconds.
+  comes out at most once per ``progress_interval`` seconds, and once more after an idle
+  time if it was not out yet -- never twice.
 * **Huge lines.** A line longer than ``max_line`` comes out cut: its first ``max_line`` bytes
   and ``" … [truncated 63.9 MiB]"``.  Once ``max_line`` bytes of a line were read without a
   newline, the rest is counted and discarded until the newline, so memory stays at
@@ -85,11 +86,12 @@ class LineSplitter:
     _pending: bytes = b""
     _dropped: int = 0  # bytes of the current line discarded past max_line
     _next_progress: float = float("-inf")
+    _shown: bool = False  # the held line is a bar whose latest state was handed on already
 
     @property
     def pending(self) -> bool:
-        """Whether a partial line is held."""
-        return bool(self._pending) or self._dropped > 0
+        """Whether a partial line is held that was not handed on yet."""
+        return (bool(self._pending) and not self._shown) or self._dropped > 0
 
     @property
     def holds_plain_partial(self) -> bool:
@@ -122,6 +124,7 @@ class LineSplitter:
         else:
             rest = self._pending + chunk if self._pending else chunk
         self._pending = rest
+        self._shown = False
         if rest:
             if b"\r" in rest:
                 self._progress(now, out)
@@ -149,6 +152,7 @@ class LineSplitter:
         state = body[last + 1 :]
         if state and now >= self._next_progress:
             self._next_progress = now + self.progress_interval
+            self._shown = True
             out.append((state, PROGRESS))
 
     def take_partial(self) -> list[tuple[bytes, int]]:
@@ -157,12 +161,18 @@ class LineSplitter:
             # The rest of this over-long line, if it comes, is counted again from zero.
             return [(self._cut_line(), PARTIAL)]
         pending = self._pending
-        self._pending = b""
         if b"\r" in pending:
-            # The latest state: the text after the last \r, a trailing \r (maybe half of a
-            # \r\n) belonging to the state before it.  It is a bar's state, whole for the
-            # view: whatever the rank writes next starts a line of its own.
+            # A bar: its latest state (the text after the last \r, a trailing \r -- maybe
+            # half of a \r\n -- belonging to the state before it), once.  The line stays
+            # held, so its newline, when it comes, ends it in its final state.
+            if self._shown:
+                return []
             body = pending[:-1] if pending.endswith(b"\r") else pending
-            pending = body[body.rfind(b"\r") + 1 :]
-            return [(pending, PROGRESS)] if pending else []
+            last = body.rfind(b"\r")
+            state = body[last + 1 :]
+            if last >= 0:
+                self._pending = pending[last:]
+            self._shown = True
+            return [(state, PROGRESS)] if state else []
+        self._pending = b""
         return [(pending, PARTIAL)] if pending else []
