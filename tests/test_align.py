@@ -240,6 +240,38 @@ def test_in_a_run_over_many_hosts_lines_say_which_host() -> None:
         "[ranks 2-3 on b/1] left 1..2"]
 
 
+def test_a_rank_that_skips_a_step_does_not_shift_the_others() -> None:
+    agg = Aligner(2.0, range(4))
+    out: list[Output] = []
+    for step in range(8):
+        for r in range(4):
+            if not (r == 1 and step == 3):
+                out += agg.add(batch(r, f"step {step} loss 0.{r}{step}"), 0.01 * step)
+    out += agg.drain(1.0)
+    assert texts(out) == [f"[ranks 0-3] step {s} loss 0.0{s}..0.3{s}" for s in range(3)] + [
+        "[ranks 0,2-3] step 3 loss 0.03..0.33"] + [
+        f"[ranks 0-3] step {s} loss 0.0{s}..0.3{s}" for s in range(4, 8)]
+
+
+def test_counters_two_ranks_agree_on_are_not_mixed() -> None:
+    # Ranks 1 and 3 print their first "checkpoint at step N" for step 20 (their step-10
+    # one looked different); ranks 0 and 2's step-10 line is still waiting: not with it.
+    agg = Aligner(2.0, range(4))
+    out: list[Output] = []
+    for r in (0, 2):
+        out += agg.add(batch(r, "30% 9/30 ckpt at step 10", stream="stderr"), 0.0)
+    for r in (1, 3):
+        out += agg.add(batch(r, "ckpt at step 10", stream="stderr"), 0.0)
+        out += agg.add(batch(r, "60% 18/30 ckpt at step 20", stream="stderr"), 0.5)
+    for r in (0, 2):
+        out += agg.add(batch(r, "60% 18/30 ckpt at step 20", stream="stderr"), 0.6)
+    out += agg.drain(1.0)
+    shown = texts(out)
+    assert "[ranks 0,2] 30% 9/30 ckpt at step 10" in shown
+    assert "[ranks 0-3] 60% 18/30 ckpt at step 20" in shown
+    assert not any(".." in t for t in shown), shown
+
+
 def test_progress_states_fold_by_each_ranks_latest_state() -> None:
     agg = Aligner(2.0, range(3))
     bars = {0: " 50%|█████     | 50/100", 1: " 28%|██▊       | 28/100", 2: " 90%|█████████ | 90/100"}
@@ -254,6 +286,19 @@ def test_progress_states_fold_by_each_ranks_latest_state() -> None:
     out = agg.add(batch(0, "epoch 0:  60%|██████    | 60/100", stream="stderr", progress=True), 2.1)
     out += agg.expire(agg.next_deadline())  # type: ignore[arg-type]
     assert texts(out) == ["[ranks 0-1] epoch 0:  28%|██▊       | 28..60/100"]
+
+
+def test_a_bar_state_does_not_overtake_its_ranks_waiting_line() -> None:
+    agg = Aligner(3.0, range(2))
+    out = agg.add(batch(0, "epoch 0:  60%|██████    | 18/30 ckpt 20", stream="stderr"), 0.0)
+    out += agg.add(batch(0, "epoch 0:  70%|███████   | 21/30", stream="stderr", progress=True),
+                   0.1)
+    out += agg.expire(1.5)  # the board is due; rank 0's line still waits for rank 1
+    assert out == []
+    out += agg.add(batch(1, "epoch 0:  60%|██████    | 18/30 ckpt 20", stream="stderr"), 1.6)
+    out += agg.expire(agg.next_deadline())  # type: ignore[arg-type]
+    assert texts(out) == ["[ranks 0-1] epoch 0:  60%|██████    | 18/30 ckpt 20",
+                          "[0] epoch 0:  70%|███████   | 21/30"]
 
 
 def test_a_bar_state_left_behind_is_not_shown() -> None:
@@ -346,9 +391,10 @@ async def test_windows_on_trio_mock_clock(autojump_clock: trio.testing.MockClock
         nursery.cancel_scope.cancel()
     assert printed == [
         (0.5, "[ranks 0-1] step 0"),
-        # Rank 1's second "step" line goes with rank 0's second: the values say so.
-        (4.5, "[ranks 0-1] step 1..2"),
-        (7.0, "[0] step 2"),  # rank 0's third waited the window for a peer
+        # Rank 1's "step 2" goes with rank 0's "step 2" (every rank agreed on the step so
+        # far), and shows that rank 1 will not print "step 1": that is shown then, alone.
+        (4.5, "[0] step 1"),
+        (4.5, "[ranks 0-1] step 2"),
     ]
 
 

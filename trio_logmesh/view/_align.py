@@ -80,6 +80,7 @@ class _Unit:
     item: Output | None = None  # shown as it is (a notice about the rank)
     spans: Any = None  # where a line's fields are
     seq: int = 0  # the order its rank wrote it in, across both streams
+    ints: dict[int, str] | None = None  # its line's whole-number fields (``_ints``)
 
 
 @attrs.define(eq=False, slots=True)
@@ -94,6 +95,8 @@ class _Slot:
     units: dict[int, _Unit] = attrs.field(factory=dict)
     forced: bool = False
     closed: bool = False
+    #: Whole-number fields its units all agree on (a line's template only), by field index.
+    agreed: dict[int, str] | None = None
 
 
 @attrs.define(eq=False, slots=True)
@@ -106,6 +109,9 @@ class _Kind:
     first: int = 0  # index of the first slot not yet shown
     cursor: dict[int, int] = attrs.field(factory=dict)  # rank -> position to look from
     late: dict[int, _Slot] = attrs.field(factory=dict)  # position -> slot of late lines
+    #: Whole-number fields every rank agreed on in each slot of several ranks shown so far
+    #: (the step of "step 5 loss ..."); None before the first.
+    sync: set[int] | None = None
 
     def trim(self) -> None:
         """Forget the shown slots at the front."""
@@ -154,6 +160,7 @@ class Aligner:
         self._origin: dict[int, tuple[str, int]] = {}
         self._host_of: dict[int, str] = {}  # the host tag of each rank (runs over many hosts)
         self._dirty: set[_Slot] = set()
+        self._sweep: set[tuple[int, Stream]] = set()  # queues where a slot completed
         # The flood valve: lines counted since ``_since``; while ``_flooding``, every chunk is
         # shown as it is.
         self._since = 0.0
@@ -195,7 +202,7 @@ class Aligner:
         self._pump(out)
         for board in self._boards.values():
             if board.due is not None and board.due <= now:
-                self._show_board(board, out)
+                self._show_board(board, out, now)
         return out
 
     def set_window(self, window: float, now: float) -> list[Output]:
@@ -224,7 +231,7 @@ class Aligner:
         self._pump(out, all_ranks=True)
         for board in self._boards.values():
             if board.due is not None:
-                self._show_board(board, out)
+                self._show_board(board, out, now)
         return out
 
     def rank_ended(self, rank: int, now: float, notices: Iterable[Output] = ()) -> list[Output]:
@@ -381,9 +388,12 @@ class Aligner:
             # Else the oldest open slot without a unit of this rank, from there on.
             j = max(j, kind.first)
             n = len(slots)
+            ints = u.ints = _ints(key[1], u, kind.sync) if isinstance(key[1], Template) \
+                else None
             while j < n:
                 s = slots[j]
-                if not s.closed and not s.forced and rank not in s.units:
+                if not s.closed and not s.forced and rank not in s.units \
+                        and (ints is None or _agrees(kind, s, ints)):
                     slot = s
                     break
                 j += 1
@@ -401,6 +411,12 @@ class Aligner:
 
     def _add_unit(self, slot: _Slot, u: _Unit) -> None:
         rank = u.rank
+        key = slot.key
+        if key is not None and isinstance(key[1], Template):
+            ints = u.ints if u.ints is not None else _ints(key[1], u, self._kinds[key].sync)
+            agreed = slot.agreed
+            slot.agreed = ints if agreed is None else {
+                i: v for i, v in agreed.items() if ints.get(i) == v}
         self._seq += 1
         u.seq = self._seq
         slot.units[rank] = u
@@ -412,7 +428,7 @@ class Aligner:
         if rank in slot.waiting:
             slot.waiting.discard(rank)
             if not slot.waiting:
-                self._passed(slot)
+                self._sweep.update((q, slot.stream) for q in slot.units)
 
     def _join_late(self, kind: _Kind, key: Any, stream: Stream, u: _Unit, pos: int,
                    now: float) -> None:
@@ -433,22 +449,32 @@ class Aligner:
             kind.late = {p: s for p, s in kind.late.items() if not s.closed}
         self._add_unit(slot, u)
 
-    def _passed(self, slot: _Slot) -> None:
-        """``slot`` is complete: its ranks printed its line without a line a member wrote
+    def _passed(self) -> None:
+        """Slots completed: their ranks printed their line without a line a member wrote
         before it, so they are not waited for there (a line only some ranks print, such as
-        rank 0's "saving checkpoint", does not hold the others' lines back)."""
-        members = slot.units.keys()
-        stream = slot.stream
-        for q in list(members):
-            # Only the same stream tells: a rank's stdout and stderr are read from two pipes
-            # (one often block-buffered), so their order between them is not known.
-            for before in self._fifo[(q, stream)]:
-                if before is slot:
-                    break
-                waiting = before.waiting
-                if waiting and not waiting.isdisjoint(members):
-                    waiting.difference_update(members)
-                    self._dirty.add(before)
+        rank 0's "saving checkpoint", does not hold the others' lines back).
+
+        One pass over each queue where a slot completed, from its end: the ranks of the
+        complete slots seen so far are not waited for by the slots before them.  Only the
+        same stream tells: a rank's stdout and stderr are read from two pipes (one often
+        block-buffered), so their order between them is not known.
+        """
+        sweep, self._sweep = self._sweep, set()
+        fifo = self._fifo
+        dirty = self._dirty
+        for key in sweep:
+            q = fifo.get(key)
+            if not q:
+                continue
+            passed: set[int] = set()
+            for s in reversed(q):
+                waiting = s.waiting
+                if not waiting:
+                    if s.key is not None:
+                        passed.update(s.units)
+                elif passed and not waiting.isdisjoint(passed):
+                    waiting.difference_update(passed)
+                    dirty.add(s)
 
     # -- showing -------------------------------------------------------------------------
     def _ready(self, slot: _Slot) -> bool:
@@ -478,6 +504,8 @@ class Aligner:
         back by the rank's other stream (two pipes' relative order is only approximate); a
         notice (a rank's exit) waits for everything of its rank.
         """
+        if self._sweep:
+            self._passed()
         fifo = self._fifo
         touched: dict[Stream, set[int]] = {"stdout": set(), "stderr": set()}
         for s in self._dirty:
@@ -544,6 +572,10 @@ class Aligner:
         us = [units[r] for r in ranks]
         times = [u.time for u in us]
         first = us[0]
+        if slot.agreed is not None and len(units) == len(slot.units):
+            kind = self._kinds[slot.key]
+            agreed = set(slot.agreed)
+            kind.sync = agreed if kind.sync is None else kind.sync & agreed
         if isinstance(slot.key[1], str):  # a block: one exact text
             text = "\n".join(first.clean)
         elif all(u.clean[0] == first.clean[0] for u in us):
@@ -578,9 +610,14 @@ class Aligner:
         if board.due is None:
             board.due = now + min(self._window, 1.0)
 
-    def _show_board(self, board: _Board, out: list[Output]) -> None:
+    def _show_board(self, board: _Board, out: list[Output], now: float) -> None:
         board.due = None
-        states = board.states
+        # A rank's bar state is not shown ahead of its earlier lines of the same stream that
+        # still wait for their peers: it waits with them (the board comes again soon).
+        fifo = self._fifo
+        states = {r: u for r, u in board.states.items() if not fifo.get((r, board.stream))}
+        if len(states) < len(board.states):
+            board.due = now + min(self._window, 1.0)
         if not states:
             return
         if len(states) == 1:
@@ -595,6 +632,53 @@ class Aligner:
         times = [u.time for u in us]
         out.append(GroupLine(board.stream, text, len(us), ranks, fold_ranks(ranks),
                              min(times), max(times), self._hosts(ranks)))
+
+
+def _ints(template: Template, u: _Unit, only: set[int] | None) -> dict[int, str]:
+    """The whole-number fields of ``u``'s line, by field index (only those in ``only``, the
+    kind's counters, once they are known)."""
+    line = u.clean[0]
+    out = {}
+    if only is not None:
+        spans = u.spans
+        for i in only:
+            a, b = spans[i]
+            v = line[a:b]
+            if v.isdigit():
+                out[i] = v
+        return out
+    i = 0
+    for (a, b), t in zip(u.spans, template.types, strict=True):
+        if t == "num":
+            v = line[a:b]
+            if v.isdigit():
+                out[i] = v
+        i += 1
+    return out
+
+
+def _agrees(kind: _Kind, slot: _Slot, ints: dict[int, str]) -> bool:
+    """Whether a line with whole-number fields ``ints`` may join ``slot``: it must match the
+    fields the slot's ranks agree on that are counters -- fields every rank agreed on so far
+    in this kind (``sync``), or, before that is known, that two ranks or more agree on here.
+    So a rank that skipped "step 3" puts its "step 4" with the others' "step 4", not with
+    their "step 3"."""
+    agreed = slot.agreed
+    if not agreed:
+        return True
+    sync = kind.sync
+    if sync is None:
+        if len(slot.units) < 2:
+            return True
+        for i, v in agreed.items():
+            if ints.get(i, v) != v:
+                return False
+        return True
+    for i in sync:
+        v = agreed.get(i)
+        if v is not None and ints.get(i, v) != v:
+            return False
+    return True
 
 
 def _fold_line(template: Template, shapes: ShapeCache, units: list[_Unit]) -> str:
