@@ -230,3 +230,21 @@ async def test_a_network_write_is_not_shielded_from_cancellation():
     assert io.broken
     io.send(b"more")
     assert io.queued == 0  # nothing is queued on a broken connection
+
+
+async def test_a_writer_on_a_closed_stream_ends_quietly_and_wakes_the_reader() -> None:
+    # The agent's link closed under its writer (its driver gone): no error out of the writer,
+    # which would have come out of the session's nursery as an exception group.
+    import trio
+    import trio.testing
+
+    from trio_logmesh.host._link import LinkIO
+
+    ours, _theirs = trio.testing.memory_stream_pair()
+    io = LinkIO(ours, LinkConnection(AGENT, TOKEN))
+    await ours.aclose()
+    io.send(b"x")
+    await io.run_writer()
+    assert io.broken
+    with pytest.raises(trio.ClosedResourceError):
+        await io.receive()

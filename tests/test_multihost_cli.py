@@ -167,3 +167,29 @@ def test_a_launcher_that_fails_ends_the_run_with_its_last_words(tmp_path):
     assert res.returncode == 1
     assert res.stderr.strip().endswith(
         f"logmesh: cannot run {tmp_path / 'no-such-ssh'}: No such file or directory")
+
+
+def test_ctrl_c_while_the_hosts_join_is_one_line_and_exit_130(tmp_path):
+    join = tmp_path / "run.join"
+    driver = Logmesh(["run", "--nnodes", "2", "--nproc-per-node", "1", "--join-file", str(join),
+                      "--", sys.executable, "-c", "pass"], tmp_path)
+    deadline = time.monotonic() + 30
+    while not join.exists():  # listening: the join file is written
+        assert time.monotonic() < deadline, "no join file"
+        time.sleep(0.05)
+    driver.proc.send_signal(signal.SIGINT)
+    status, err = driver.finish()
+    assert status == 130, err
+    assert "logmesh: interrupted while the hosts were joining" in err
+    assert "Traceback" not in err
+    assert not join.exists()
+
+
+def test_ranks_are_global_over_many_hosts(tmp_path):
+    res = run(["run", "--nnodes", "2", "-n", "2", "--launcher", "local", "--ranks", "3", "--",
+               sys.executable, "-c", "import os; print('r', os.environ['RANK'])"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[0].endswith("r 3") and "r 0" not in res.stdout
+    res = run(["run", "--nnodes", "2", "-n", "2", "--launcher", "local", "--ranks", "4", "--",
+               "true"], tmp_path)
+    assert res.returncode == 2 and "--ranks 4 is not below the run's 4 ranks" in res.stderr

@@ -276,14 +276,27 @@ def _check_args(args: argparse.Namespace) -> tuple[list[str], int | None]:
             raise ValueError("--window needs the live view (not --no-stream)")
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
-    if args.ranks is not None and max(args.ranks) >= args.nproc:
-        raise UsageError(f"--ranks {max(args.ranks)} is not below -n {args.nproc}")
+    if args.ranks is not None:
+        # Ranks are global: over many hosts, below --nnodes x -n (when the hosts are known).
+        world, what = args.nproc, f"-n {args.nproc}"
+        if mh.is_multihost(args):
+            world = args.nproc * args.nnodes if args.nnodes is not None else None
+            what = f"the run's {world} ranks (--nnodes x -n)"
+        if world is not None and max(args.ranks) >= world:
+            raise UsageError(f"--ranks {max(args.ranks)} is not below {what}")
     if args.stdin is not None and args.stdin >= args.nproc:
         raise UsageError(f"--stdin {args.stdin} is not below -n {args.nproc}")
     problem = mh.check_multihost_args(args)
     if problem is not None:
         raise UsageError(problem)
     return cmd, level
+
+
+def _only_interrupts(exc: BaseException) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt (alone, or all of an exception group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_interrupts(e) for e in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
 
 
 def _stdout_is_terminal() -> bool:
@@ -331,8 +344,15 @@ async def run_command(args: argparse.Namespace) -> int:
         async with AsyncExitStack() as stack:
             try:
                 if mh.is_multihost(args):
-                    mesh = await stack.enter_async_context(
-                        mh.open_cli_host_mesh(args, cmd, level, say, drop_policy))
+                    try:
+                        mesh = await stack.enter_async_context(
+                            mh.open_cli_host_mesh(args, cmd, level, say, drop_policy))
+                    except BaseException as exc:
+                        # Ctrl-C while the hosts join (before logmesh watches signals).
+                        if not _only_interrupts(exc):
+                            raise
+                        await say("logmesh: interrupted while the hosts were joining")
+                        return 128 + signal.SIGINT
                 else:
                     mesh = await stack.enter_async_context(open_proc_mesh(
                         cmd, procs=args.nproc, log_root=args.log_dir, keep_runs=args.keep_runs,

@@ -128,8 +128,9 @@ class LinkIO:
 
     async def run_writer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                          ) -> None:
-        """Send what is queued, in order, until cancelled or the stream breaks (then raise
-        ``trio.BrokenResourceError``)."""
+        """Send what is queued, in order, until cancelled or the stream breaks or is closed.
+        Then it closes the stream, so that the reader (:meth:`receive`) wakes up and the
+        connection ends there, with one reason, and returns."""
         task_status.started()
         try:
             while True:
@@ -138,6 +139,9 @@ class LinkIO:
                     await self._wake.wait()
                 data, self._out = self._out, bytearray()
                 await self.stream.send_all(data)  # never shielded: see the module docstring
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.broken = True
+            await trio.aclose_forcefully(self.stream)
         except BaseException:
             self.broken = True
             raise
