@@ -10,7 +10,11 @@ different values.  So the engine lines the ranks' output up, line by line:
   traceback, a warning with its source line, a log record with its continuation lines).
 * A unit joins a *slot* of its kind (stream + template for a line, stream + exact text for a
   block): the oldest open slot of that kind the rank has no unit in yet, else a new one.  So
-  the k-th occurrence of a kind in one rank goes with the k-th in the others.
+  the k-th occurrence of a kind in one rank goes with the k-th in the others -- unless the
+  counters disagree: a line joins a slot only if its whole-number fields that every rank
+  agreed on so far (the step of "step 5 loss ...") match the slot's, so a rank that skipped
+  a step does not shift the rest.  A rank's line for a slot already shown without it is
+  *late*: it goes with the other ranks late for that slot, never with the next one.
 * A slot is shown once every rank expected to print its kind has (``[ranks 0-63] step 5
   loss 0.41..0.43``), or when ``window`` seconds have passed since it opened, with the ranks
   it has.  A rank is not waited for where it has shown it will not print the line: it
