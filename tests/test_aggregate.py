@@ -626,3 +626,40 @@ def test_progress_bars_fold_to_the_least_advanced_state():
     assert group.count == 3 and group.ranks_text == "1-3"
     # Never a bar fuller than a rank's own: rank 1's is the least advanced.
     assert group.text == "epoch 0 rank {rank}:  20%|██        | 6..30/30"
+
+
+def _tb(rank: int) -> list[str]:
+    return ["Traceback (most recent call last):",
+            f'  File "/job/train.py", line {16 + rank}, in <module>',
+            "    load()",
+            f"ValueError: bad value {rank}"]
+
+
+def test_tracebacks_stay_whole_in_the_repeats_fold() -> None:
+    # Each rank's traceback differs: each is shown whole, as its rank's own lines, never
+    # grouped frame by frame ("line 16..18"); a traceback split across chunks stays whole.
+    agg = Aggregator(2.0)
+    out: list[Output] = []
+    for r in range(3):
+        out += agg.add(LogLines.of(r, "stderr", ["starting", *_tb(r)[:2]]), 0.1 * r)
+    for r in range(3):
+        out += agg.add(LogLines.of(r, "stderr", _tb(r)[2:]), 0.5 + 0.1 * r)
+    out += agg.drain(1.0)
+    blocks = [o for o in out if isinstance(o, LogLines) and o.line_count > 1]
+    assert sorted((b.rank, list(b.lines)) for b in blocks) == [(r, _tb(r)) for r in range(3)]
+    assert not any(isinstance(o, GroupLine) and ("File" in o.text or "Error" in o.text)
+                   for o in out)
+    shown = [line for o in out for line in o.text.split("\n")]
+    assert shown.count("starting") + sum(o.count - 1 for o in out
+                                         if isinstance(o, GroupLine)) == 3
+
+
+def test_an_open_traceback_is_shown_when_its_rank_goes_quiet_or_exits() -> None:
+    agg = Aggregator(30.0)
+    out = agg.add(LogLines.of(0, "stderr", _tb(0)[:2]), 0.0)
+    assert out == [] and agg.next_deadline() == pytest.approx(0.5)
+    out = agg.expire(0.6)
+    assert [list(o.lines) for o in out] == [_tb(0)[:2]]
+    agg.add(LogLines.of(1, "stderr", _tb(1)[:3]), 1.0)
+    out = agg.rank_ended(1, 1.1)
+    assert [list(o.lines) for o in out] == [_tb(1)[:3]]

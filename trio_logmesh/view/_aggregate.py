@@ -50,12 +50,14 @@ from the view, which never hold a ``\n`` inside a line, do not need.)
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any, Final
 
 import attrs
 
+from ._blocks import BLOCK_IDLE, BlockAssembler
 from ._records import GroupLine, LogLines, Output, Stream
 from ._shapes import ANSI as _ANSI
 from ._shapes import TO_ZERO as _TO_ZERO
@@ -197,6 +199,15 @@ def check_window(window: float) -> float:
     return float(window)
 
 
+_BLOCK_START = re.compile(rb"Traceback \(most recent call last\):|Exception Group Traceback")
+
+
+def _piece(batch: LogLines, lines: Sequence[str], partial: bool) -> LogLines:
+    """Some of ``batch``'s lines, with its origin."""
+    return LogLines(batch.rank, batch.stream, "\n".join(lines).encode("utf-8", "surrogateescape"),
+                    batch.hostname, batch.pid, batch.time, partial, host=batch.host)
+
+
 class Aggregator:
     """Turns batches of lines into live lines now and group summaries at the window's end.
 
@@ -212,6 +223,10 @@ class Aggregator:
         self._order: list[_Group] = []
         self._cache = ShapeCache()
         self._continued: set[tuple[int, str]] = set()  # (rank, stream) ending mid-line
+        # Tracebacks are kept whole, never grouped frame by frame: a chunk that starts one
+        # (and the chunks of its rank and stream while it is open) is cut into blocks.
+        self._blocks: dict[tuple[int, str], BlockAssembler] = {}
+        self._open_blocks: dict[tuple[int, str], LogLines] = {}  # key -> a batch of it
 
     @property
     def window(self) -> float:
@@ -221,17 +236,36 @@ class Aggregator:
     # -- the window ------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        """When the open window closes; ``None`` while no window is open."""
-        return self._deadline
+        """When the open window closes (or an open traceback is given up waiting for more);
+        ``None`` while nothing is held."""
+        times = [self._blocks[k].last + BLOCK_IDLE for k in self._open_blocks]
+        if self._deadline is not None:
+            times.append(self._deadline)
+        return min(times) if times else None
 
     def expire(self, now: float) -> list[Output]:
-        """Summaries due at ``now`` (none while ``now`` is before the deadline).
+        """Summaries due at ``now`` (none while ``now`` is before the deadline), and
+        tracebacks idle long enough to be whole.
 
         At or after the deadline this closes the window: the next line opens a new one.
         """
+        out = self._close_blocks(now)
         if self._deadline is not None and now >= self._deadline:
-            return self._close()
-        return []
+            out += self._close()
+        return out
+
+    def _close_blocks(self, now: float | None, rank: int | None = None) -> list[Output]:
+        """The open blocks idle since before ``now - BLOCK_IDLE`` (all, with ``None``; of
+        ``rank`` only, when given), whole."""
+        out: list[Output] = []
+        for key, batch in list(self._open_blocks.items()):
+            asm = self._blocks[key]
+            if (rank is None or key[0] == rank) and (now is None or asm.last + BLOCK_IDLE <= now):
+                del self._open_blocks[key]
+                units: list[Any] = []
+                asm.close(units)
+                out += self._units(batch, units, now if now is not None else asm.last)
+        return out
 
     def set_window(self, window: float, now: float) -> list[Output]:
         """Change the window length (> 0, else :exc:`ValueError`).
@@ -248,7 +282,8 @@ class Aggregator:
     def rank_ended(self, rank: int, now: float, notices: Iterable[Output] = ()) -> list[Output]:
         """``rank`` exited: if the window holds lines of it, everything held, now, so that
         its lines come before ``notices`` (its exit), which follow."""
-        return [*(self.drain(now) if self.holds(rank) else []), *notices]
+        out = self._close_blocks(None, rank)
+        return [*out, *(self.drain(now) if self.holds(rank) else []), *notices]
 
     def holds(self, rank: int) -> bool:
         """Whether the open window holds lines of ``rank`` (to print before its exit)."""
@@ -259,9 +294,10 @@ class Aggregator:
 
         Closes the window.  ``now`` is accepted for symmetry; draining does not depend on it.
         """
+        out = self._close_blocks(None)
         if self._deadline is None:
-            return []
-        return self._close()
+            return out
+        return out + self._close()
 
     def _close(self) -> list[Output]:
         out = [g.summary() for g in self._order if g.count]
@@ -274,6 +310,58 @@ class Aggregator:
     # -- lines -----------------------------------------------------------------------------
 
     def add(self, batch: LogLines, now: float) -> list[Output]:
+        """Feed one batch (many lines, one rank, one stream); return what to print at once.
+
+        A traceback in it is kept whole and printed as its rank's own lines once complete
+        (see ``_blocks``); the other lines as below.
+        """
+        key = (batch.rank, batch.stream)
+        if key in self._open_blocks or _BLOCK_START.search(batch.data):
+            return self._add_blocks(batch, now)
+        return self._add_lines(batch, now)
+
+    def _add_blocks(self, batch: LogLines, now: float) -> list[Output]:
+        key = (batch.rank, batch.stream)
+        lines = list(batch.lines)
+        out: list[Output] = []
+        if key in self._continued:  # the rest of a partial line shown before
+            out += self._add_lines(_piece(batch, lines[:1], batch.partial and len(lines) == 1),
+                                   now)
+            lines = lines[1:]
+        tail = lines.pop() if batch.partial and lines else None
+        asm = self._blocks.get(key)
+        if asm is None:
+            asm = self._blocks[key] = BlockAssembler()
+        units: list[Any] = []
+        for line in lines:
+            asm.feed(line, _ANSI.sub("", line), now, units)
+        if tail is not None or not asm.open:  # a partial line ends any block
+            asm.close(units)
+            self._open_blocks.pop(key, None)
+        else:
+            self._open_blocks[key] = batch
+        out += self._units(batch, units, now)
+        if tail is not None:
+            out += self._add_lines(_piece(batch, [tail], True), now)
+        return out
+
+    def _units(self, batch: LogLines, units: list[Any], now: float) -> list[Output]:
+        """Blocks as their rank's own lines, whole; runs of other lines as usual."""
+        out: list[Output] = []
+        plain: list[str] = []
+        for lines, _clean, is_block in units:
+            if is_block and len(lines) > 1:
+                if plain:
+                    out += self._add_lines(_piece(batch, plain, False), now)
+                    plain = []
+                out.append(_piece(batch, lines, False))
+            else:
+                plain.extend(lines)
+        if plain:
+            out += self._add_lines(_piece(batch, plain, False), now)
+        return out
+
+    def _add_lines(self, batch: LogLines, now: float) -> list[Output]:
         """Feed one batch (many lines, one rank, one stream); return what to print at once.
 
         That is: the summaries of a window whose deadline ``now`` has reached, then the lines of
