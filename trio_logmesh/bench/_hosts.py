@@ -28,6 +28,7 @@ from ._trials import (
     _count_output,
     _maxrss_mb,
     _self_cpu,
+    alternated,
     med,
     percentile,
     run_trial,
@@ -200,15 +201,10 @@ def hosts_flush(nnodes: int = 8, procs: int = 16, flushes: int = 20) -> Result:
 
 def link_throughput(procs: int = 4, lines: int = 250_000, repeat: int = 3) -> Result:
     """Wall time of one host's ranks through a TLS link against a one-host mesh."""
-    link: list[Result] = []
-    local: list[Result] = []
-    for _ in range(repeat):
-        local.append(run_trial("link", procs=procs, lines=lines, hosts=False))
-        link.append(run_trial("link", procs=procs, lines=lines, hosts=True))
     expected = procs * lines
-    for t in link + local:
-        if t["lines"] != expected:
-            raise RuntimeError(f"lost lines: {t['lines']} of {expected} arrived")
+    local, link = alternated(repeat, expected,
+                             {"kind": "link", "procs": procs, "lines": lines, "hosts": False},
+                             {"kind": "link", "procs": procs, "lines": lines, "hosts": True})
     lw, sw = med(link, "wall"), med(local, "wall")
     return {
         "figure": "one TLS link",

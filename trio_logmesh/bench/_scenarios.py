@@ -20,7 +20,7 @@ import statistics
 from collections.abc import Sequence
 
 from ._report import FLAT_MB, TARGET_FLUSH_P50_MS
-from ._trials import Result, med, percentile, run_trial
+from ._trials import Result, alternated, med, percentile, run_trial
 
 
 def throughput(
@@ -30,15 +30,10 @@ def throughput(
 
     Raises ``RuntimeError`` if any trial did not deliver all ``procs * lines`` lines.
     """
-    ours: list[Result] = []
-    base: list[Result] = []
-    for _ in range(repeat):
-        base.append(run_trial("baseline", procs=procs, lines=lines))
-        ours.append(run_trial("ours", procs=procs, lines=lines, window=window))
     expected = procs * lines
-    for t in ours + base:
-        if t["lines"] != expected:
-            raise RuntimeError(f"lost lines: {t['lines']} of {expected} arrived")
+    base, ours = alternated(repeat, expected,
+                            {"kind": "baseline", "procs": procs, "lines": lines},
+                            {"kind": "ours", "procs": procs, "lines": lines, "window": window})
     ours_wall, base_wall = med(ours, "wall"), med(base, "wall")
     ours_cpu, base_cpu = med(ours, "child_cpu"), med(base, "child_cpu")
     return {
@@ -68,15 +63,10 @@ def aggregate(procs: int = 4, lines: int = 250_000, repeat: int = 3,
 
     Raises ``RuntimeError`` if any trial did not account for every line.
     """
-    windowed: list[Result] = []
-    plain: list[Result] = []
-    for _ in range(repeat):
-        plain.append(run_trial("ours", procs=procs, lines=lines, window=None))
-        windowed.append(run_trial("ours", procs=procs, lines=lines, window=window))
-    expected = procs * lines
-    for t in windowed + plain:
-        if t["lines"] != expected:
-            raise RuntimeError(f"lost lines: {t['lines']} of {expected} arrived")
+    plain, windowed = alternated(repeat, procs * lines,
+                                 {"kind": "ours", "procs": procs, "lines": lines, "window": None},
+                                 {"kind": "ours", "procs": procs, "lines": lines,
+                                  "window": window})
     w_cpu, p_cpu = med(windowed, "self_cpu"), med(plain, "self_cpu")
     return {
         "procs": procs,

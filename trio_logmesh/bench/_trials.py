@@ -541,3 +541,21 @@ def run_trial(kind: str, **params: Any) -> Result:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def alternated(repeat: int, expected: int, first: dict[str, Any], second: dict[str, Any]
+               ) -> tuple[list[Result], list[Result]]:
+    """``repeat`` rounds of two trials, ``run_trial(**first)`` then ``run_trial(**second)``,
+    alternated so that the machine's noise falls on both alike; their results, as two lists.
+
+    Raises ``RuntimeError`` if any trial did not deliver ``expected`` lines.
+    """
+    a: list[Result] = []
+    b: list[Result] = []
+    for _ in range(repeat):
+        a.append(run_trial(**first))
+        b.append(run_trial(**second))
+    for t in a + b:
+        if t["lines"] != expected:
+            raise RuntimeError(f"lost lines: {t['lines']} of {expected} arrived")
+    return a, b
+
+
