@@ -167,3 +167,12 @@ async def wait_stopped(pid: int) -> None:
         functools.partial(os.waitid, os.P_PID, pid, os.WSTOPPED | os.WNOWAIT),
         abandon_on_cancel=True,
     )
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

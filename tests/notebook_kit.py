@@ -20,6 +20,8 @@ from typing import Any
 
 import attrs
 
+from .conftest import alive
+
 WORKER = str(Path(__file__).with_name("nb_worker.py"))
 
 #: The notebook's helper code: ``Ranks(dir)`` sends commands to ``nb_worker`` ranks.
@@ -255,15 +257,6 @@ def execute(kc: Any, code: str, timeout: float = 60,
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = kc.get_shell_msg(timeout=max(0.01, deadline - time.monotonic()))
     return Reply(reply["content"]["status"], started, time.monotonic(), outputs)
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def wait_gone(pids: Iterable[int], timeout: float = 15) -> list[int]:

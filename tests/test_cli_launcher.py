@@ -16,17 +16,10 @@ import time
 
 import pytest
 
+from .conftest import alive
 from .test_cli import LOGMESH, ROOT, Pty, run
 
 PY = sys.executable
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def state(pid: int) -> str:

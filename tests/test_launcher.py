@@ -13,16 +13,7 @@ import trio
 
 import trio_logmesh as lm
 
-from .conftest import PY, READY_PY
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+from .conftest import PY, READY_PY, alive
 
 
 async def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:

@@ -24,7 +24,7 @@ import trio_logmesh as lm
 from trio_logmesh.hostmesh._tls import make_self_signed
 from trio_logmesh.protocol._join import JoinInfo
 
-from .conftest import CHILD_ENV, PY, Collected
+from .conftest import CHILD_ENV, PY, Collected, alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="loopback addresses 127.0.0.x are Linux's")
@@ -56,14 +56,6 @@ async def hosts_run(tmp_path, cmd: list[str], nnodes: int, procs: int, *,
 
 def agent_pid(mesh: lm.HostMesh, node: int) -> int:
     return int(mesh.hosts[node].join_info["pid"])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 async def wait_gone(pids: list[int], timeout: float = 20.0) -> list[int]:
